@@ -1,0 +1,3 @@
+from aiguardian.cli import main
+
+main()

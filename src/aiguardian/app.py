@@ -1,0 +1,128 @@
+"""``create_app(settings)``: wires the features, the middleware and the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+
+import structlog
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from aiguardian import __version__
+from aiguardian.audit import service as audit_service
+from aiguardian.audit.routes import router as audit_router
+from aiguardian.audit.writer import AuditWriter
+from aiguardian.core import metrics, migrate
+from aiguardian.core.cache import build_cache
+from aiguardian.core.datadir import prepare_data_dir
+from aiguardian.core.db import Database
+from aiguardian.core.errors import AIGError, AuditBacklog
+from aiguardian.core.http import install_error_handlers
+from aiguardian.core.logging import configure_logging
+from aiguardian.core.middleware import RequestContextMiddleware, RequestRecord
+from aiguardian.core.runtime import Runtime
+from aiguardian.ops.probes import cache_probe, database_probe
+from aiguardian.ops.routes import router as ops_router
+from aiguardian.settings import Settings, load_settings
+
+log = structlog.get_logger("aiguardian")
+
+_BREAKER_STATES = ("closed", "half_open", "open")
+
+
+def _live_gauges(runtime: Runtime, writer: AuditWriter) -> Iterable[tuple[str, str, dict[str, str], float]]:
+    db = runtime.db
+    pool = db.pool_stats()
+    yield "aig_db_pool_size", "Database connections held open by the pool.", {}, pool["size"]
+    yield "aig_db_pool_checked_out", "Database connections in use.", {}, pool["checked_out"]
+    yield "aig_db_pool_overflow", "Database connections beyond the pool size.", {}, pool["overflow"]
+    state = db.breaker.state.value
+    for name in _BREAKER_STATES:
+        yield (
+            "aig_circuit_breaker_state",
+            "1 for the breaker's current state.",
+            {"breaker": "database", "state": name},
+            1.0 if name == state else 0.0,
+        )
+    yield "aig_audit_queue_depth", "Audit rows waiting to be written.", {}, writer.depth
+    yield "aig_audit_rows_written", "Audit rows written by this process.", {}, writer.written
+    yield "aig_uptime_seconds", "Seconds since this process became ready.", {}, runtime.uptime_seconds
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        secrets = prepare_data_dir(settings)
+        db = Database(settings)
+        db.claim_sqlite_file()
+        await migrate.upgrade(db)
+        cache = build_cache(settings)
+        await cache.start()
+        writer = AuditWriter(
+            db,
+            batch_size=settings.audit_batch_size,
+            flush_interval=settings.audit_flush_interval,
+            queue_max=settings.audit_queue_max,
+            spool_path=settings.data_dir / "audit-spool.jsonl",
+        )
+        await writer.start()
+        runtime = Runtime(settings=settings, secrets=secrets, db=db, cache=cache)
+        app.state.runtime = runtime
+        app.state.audit_writer = writer
+        app.state.probes = [database_probe(db), cache_probe(cache), audit_service.writer_probe(writer)]
+        gauge_key = f"app-{id(app)}"
+        metrics.LIVE.sources[gauge_key] = lambda: _live_gauges(runtime, writer)
+        log.info("ready", version=__version__, database=db.backend, cache=cache.mode)
+        try:
+            yield
+        finally:
+            metrics.LIVE.sources.pop(gauge_key, None)
+            await writer.close()
+            await cache.close()
+            await db.close()
+            app.state.audit_writer = None
+            log.info("stopped")
+
+    app = FastAPI(
+        title="AIGuardian",
+        version=__version__,
+        description="Self-hosted backend for AI applications.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(ops_router)
+    app.include_router(audit_router)
+
+    excluded = frozenset(settings.audit_exclude_paths)
+
+    def record(done: RequestRecord) -> None:
+        writer: AuditWriter | None = getattr(app.state, "audit_writer", None)
+        if writer is not None and done.path not in excluded:
+            writer.submit(audit_service.entry_from_request(done))
+
+    def admit() -> AIGError | None:
+        writer: AuditWriter | None = getattr(app.state, "audit_writer", None)
+        return AuditBacklog() if writer is not None and writer.is_full else None
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        on_complete=record,
+        admission=admit,
+        quiet_paths=excluded,
+    )
+    return app

@@ -1,0 +1,231 @@
+"""The ``aiguardian`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aiguardian import __version__
+from aiguardian.settings import CONFIG_FILE_ENV, Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    name="aiguardian",
+    help="AIGuardian: a self-hosted backend for AI applications.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+audit_app = typer.Typer(help="Inspect the audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+console = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML settings file (also AIG_CONFIG_FILE).")
+]
+
+
+def _settings(config: Path | None = None) -> Settings:
+    if config is not None:
+        os.environ[CONFIG_FILE_ENV] = str(config)  # server workers read the same file
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _run(factory: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(factory())  # type: ignore[arg-type]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (AIG_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (AIG_PORT / API_PORT).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes; more than 1 needs PostgreSQL.")
+    ] = None,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+    log_level: Annotated[
+        str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR (AIG_LOG_LEVEL).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Start the server: prepare the data dir, apply migrations, serve HTTP."""
+    for name, value in (("AIG_HOST", host), ("AIG_PORT", port), ("AIG_WORKERS", workers)):
+        if value is not None:
+            os.environ[name] = str(value)
+    if log_level is not None:
+        os.environ["AIG_LOG_LEVEL"] = log_level.upper()
+    settings = _settings(config)
+
+    from aiguardian.core.datadir import prepare_data_dir
+    from aiguardian.core.db import Database, SQLiteInUseError, SQLiteProcessLock, sqlite_path
+    from aiguardian.core.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.is_sqlite and settings.workers > 1:
+        raise _fail(
+            f"--workers {settings.workers} needs PostgreSQL: SQLite allows one serving process. "
+            "Set DATABASE_URL (and REDIS_URL) to run several."
+        )
+    secrets = prepare_data_dir(settings)
+    db_path = sqlite_path(settings.effective_database_url)
+    if db_path is not None and not reload:
+        try:
+            SQLiteProcessLock(db_path).acquire()
+        except SQLiteInUseError as exc:
+            raise _fail(str(exc)) from None
+
+    from aiguardian.core import migrate
+
+    async def apply() -> None:
+        db = Database(settings)
+        try:
+            await migrate.upgrade(db)
+        finally:
+            await db.close()
+
+    try:
+        _run(apply)
+    except Exception as exc:
+        raise _fail(
+            f"cannot prepare the database ({_describe_db(settings)}): {type(exc).__name__}: {exc}"
+        ) from None
+    if secrets.admin_token_generated:
+        console.print(
+            f"Bootstrap admin token created in {settings.data_dir / 'admin_token'} "
+            "(readable by you only; use it as `Authorization: Bearer <token>` on admin routes).",
+            highlight=False,
+        )
+
+    import uvicorn
+
+    uvicorn.run(
+        "aiguardian.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers if not reload else None,
+        reload=reload,
+        log_config=None,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command()
+def migrate(config: ConfigOption = None) -> None:
+    """Apply database migrations up to the newest."""
+    settings = _settings(config)
+    from aiguardian.core import migrate as migrations
+    from aiguardian.core.datadir import prepare_data_dir
+    from aiguardian.core.db import Database
+
+    prepare_data_dir(settings)
+
+    async def apply() -> str | None:
+        db = Database(settings)
+        try:
+            await migrations.upgrade(db)
+            return await migrations.current_revision(db)
+        finally:
+            await db.close()
+
+    try:
+        revision = _run(apply)
+    except Exception as exc:
+        raise _fail(f"migration failed ({_describe_db(settings)}): {type(exc).__name__}: {exc}") from None
+    console.print(f"database at revision {revision} ({_describe_db(settings)})", highlight=False)
+
+
+@app.command()
+def doctor(config: ConfigOption = None) -> None:
+    """Check settings, database, migrations and Redis; print what is fine and how to fix what is not."""
+    from aiguardian.ops.doctor import run_checks
+
+    try:
+        settings = load_settings(config)
+    except SettingsError as exc:
+        checks = [("settings", False, str(exc), "fix the setting named above (see .env.example)")]
+    else:
+        checks = [("settings", True, "valid", "")]
+        checks += _run(lambda: run_checks(settings))
+    table = Table(title="AIGuardian doctor")
+    table.add_column("check")
+    table.add_column("state")
+    table.add_column("detail", overflow="fold")
+    table.add_column("fix", overflow="fold")
+    for name, fine, detail, fix in checks:
+        table.add_row(name, "[green]ok[/green]" if fine else "[red]problem[/red]", detail, fix)
+    Console().print(table)
+    if not all(fine for _, fine, _, _ in checks):
+        raise typer.Exit(1)
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None) -> None:
+    """Check the audit log's hash chain; exit 1 at the first row that was changed or removed."""
+    settings = _settings(config)
+    from aiguardian.audit.service import verify
+    from aiguardian.core.db import Database
+
+    async def check() -> object:
+        db = Database(settings)
+        try:
+            return await verify(db)
+        finally:
+            await db.close()
+
+    started = time.perf_counter()
+    with console.status("verifying the audit chain"):
+        result = _run(check)
+    from aiguardian.audit.schemas import VerifyResult
+
+    assert isinstance(result, VerifyResult)
+    elapsed = time.perf_counter() - started
+    if result.ok:
+        console.print(f"[green]audit chain intact[/green]: {result.checked} rows in {elapsed:.2f}s")
+        return
+    console.print(
+        f"[red]audit chain broken[/red] at row {result.first_bad_id}: {result.problem} "
+        f"({result.checked} rows verified before it)",
+        highlight=False,
+    )
+    raise typer.Exit(1)
+
+
+def _describe_db(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.effective_database_url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

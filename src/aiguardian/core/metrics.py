@@ -1,0 +1,49 @@
+"""Prometheus metrics. Counters and histograms live here; live figures (pool, breaker, queues) are read at
+scrape time from sources each running app registers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+HTTP_REQUESTS = Counter(
+    "aig_http_requests_total",
+    "HTTP requests answered, by route template and status.",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "aig_http_request_duration_seconds",
+    "Time from the first byte of a request to the end of its answer.",
+    ["method", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+CACHE_REQUESTS = Counter("aig_cache_requests_total", "Cache look-ups by tier and result.", ["tier", "result"])
+CACHE_SHARED_UP = Gauge(
+    "aig_cache_redis_up", "1 when the Redis cache tier is in use, 0 when it is down or unset."
+)
+
+GaugeSource = Callable[[], Iterable[tuple[str, str, dict[str, str], float]]]
+
+
+class LiveGauges(Collector):
+    """Gauges computed at scrape time from named sources: ``(name, help, labels, value)`` tuples."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, GaugeSource] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, GaugeMetricFamily] = {}
+        for source in list(self.sources.values()):
+            for name, doc, labels, value in source():
+                family = families.get(name)
+                if family is None:
+                    family = families[name] = GaugeMetricFamily(name, doc, labels=list(labels))
+                family.add_metric(list(labels.values()), value)
+        yield from families.values()
+
+
+LIVE = LiveGauges()
+REGISTRY.register(LIVE)

@@ -1,0 +1,35 @@
+"""What one running app holds: settings, secrets, database, cache. Stored on ``app.state.runtime``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from aiguardian.core.cache import TieredCache
+from aiguardian.core.datadir import Secrets
+from aiguardian.core.db import Database
+from aiguardian.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    secrets: Secrets
+    db: Database
+    cache: TieredCache
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+    @property
+    def uptime_seconds(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -1,0 +1,8 @@
+"""Every feature's tables, gathered for Alembic. Features never import each other's tables."""
+
+from aiguardian.audit.models import AuditRecord
+from aiguardian.core.db import Base
+
+metadata = Base.metadata
+
+__all__ = ["AuditRecord", "metadata"]

@@ -1,0 +1,172 @@
+"""The one settings tree: environment (``AIG_`` prefix, a few plain names), ``.env``, optional YAML."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "AIG_CONFIG_FILE"
+
+
+def _names(field: str, *plain: str) -> AliasChoices:
+    """Accept ``AIG_FIELD`` (env), ``field`` (YAML / keyword) and any plain legacy names."""
+    return AliasChoices(f"AIG_{field.upper()}", field, *plain)
+
+
+class SettingsError(Exception):
+    """Settings that cannot start the server; the message is one line naming the setting."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(Path("aiguardian-data"), validation_alias=_names("data_dir"))
+    database_url: str | None = Field(None, validation_alias=_names("database_url", "DATABASE_URL"))
+    redis_url: str | None = Field(None, validation_alias=_names("redis_url", "REDIS_URL"))
+
+    host: str = Field("127.0.0.1", validation_alias=_names("host"))
+    port: int = Field(8080, ge=1, le=65535, validation_alias=_names("port", "API_PORT"))
+    workers: int = Field(1, ge=1, le=64, validation_alias=_names("workers"))
+    forwarded_allow_ips: str = Field("127.0.0.1", validation_alias=_names("forwarded_allow_ips"))
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=_names("log_level")
+    )
+    log_format: Literal["auto", "json", "console"] = Field("auto", validation_alias=_names("log_format"))
+
+    secret_key: SecretStr | None = Field(None, validation_alias=_names("secret_key"))
+    admin_token: SecretStr | None = Field(None, validation_alias=_names("admin_token"))
+
+    circuit_breaker_threshold: int = Field(
+        5, ge=1, validation_alias=_names("circuit_breaker_threshold", "CIRCUIT_BREAKER_THRESHOLD")
+    )
+    circuit_breaker_reset_seconds: float = Field(
+        5.0, gt=0, validation_alias=_names("circuit_breaker_reset_seconds")
+    )
+    db_timeout_seconds: float = Field(5.0, gt=0, validation_alias=_names("db_timeout_seconds"))
+    db_pool_size: int = Field(10, ge=1, validation_alias=_names("db_pool_size"))
+    db_max_overflow: int = Field(10, ge=0, validation_alias=_names("db_max_overflow"))
+    sqlite_busy_timeout_ms: int = Field(5000, ge=0, validation_alias=_names("sqlite_busy_timeout_ms"))
+
+    cache_ttl: int = Field(300, ge=1, validation_alias=_names("cache_ttl", "CACHE_TTL"))
+    cache_memory_size: int = Field(10_000, ge=1, validation_alias=_names("cache_memory_size"))
+    cache_local_ttl: float = Field(5.0, gt=0, validation_alias=_names("cache_local_ttl"))
+    redis_timeout_seconds: float = Field(1.0, gt=0, validation_alias=_names("redis_timeout_seconds"))
+    redis_retry_seconds: float = Field(2.0, gt=0, validation_alias=_names("redis_retry_seconds"))
+    cache_namespace: str = Field("aig", min_length=1, validation_alias=_names("cache_namespace"))
+
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, validation_alias=_names("max_body_bytes"))
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_names("cors_origins")
+    )
+
+    audit_batch_size: int = Field(500, ge=1, validation_alias=_names("audit_batch_size"))
+    audit_flush_interval: float = Field(0.5, gt=0, validation_alias=_names("audit_flush_interval"))
+    audit_queue_max: int = Field(100_000, ge=100, validation_alias=_names("audit_queue_max"))
+    audit_page_max: int = Field(500, ge=1, validation_alias=_names("audit_page_max"))
+    audit_exclude_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
+        validation_alias=_names("audit_exclude_paths"),
+    )
+
+    @field_validator("cors_origins", "audit_exclude_paths", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        for plain, driver in (
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if value.startswith(plain):
+                return driver + value[len(plain) :]
+        if value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            return value
+        raise ValueError("must start with postgresql:// or sqlite:///")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'aiguardian.db').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        yaml_file = settings_cls.model_config.get("yaml_file")
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the settings; precedence: keyword overrides, environment, ``.env``, YAML file, defaults."""
+    path = config_file or os.environ.get(CONFIG_FILE_ENV)
+    cls: type[Settings] = Settings
+    if path:
+        if not Path(path).is_file():
+            raise SettingsError(f"invalid setting {CONFIG_FILE_ENV}: config file {path} does not exist")
+
+        class _WithYaml(Settings):
+            model_config = SettingsConfigDict(yaml_file=str(path))
+
+        cls = _WithYaml
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc)) from None
+    except (ValueError, OSError) as exc:  # unreadable YAML or .env
+        raise SettingsError(f"invalid settings file: {exc}") from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    env_name = field if field.isupper() else f"AIG_{field.upper()}"
+    value = first.get("input")
+    shown = "" if "KEY" in env_name or "TOKEN" in env_name or isinstance(value, dict) else f" (got {value!r})"
+    more = f"; and {len(exc.errors()) - 1} more" if len(exc.errors()) > 1 else ""
+    return f"invalid setting {env_name}: {first['msg']}{shown}{more}"
