@@ -87,8 +87,22 @@ class RequestContextMiddleware:
         response_started = False
         status_code = 500
 
+        too_large = False
+
         async def send_with_id(message: Message) -> None:
             nonlocal response_started, status_code
+            if too_large and not response_started:
+                # The app caught our signal while parsing the body and answered 400; answer 413 instead.
+                too_large_error = PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
+                state["reason_codes"] = [too_large_error.reason_code.value]
+                status, headers, body = error_response_parts(too_large_error, request_id)
+                response_started = True
+                status_code = status
+                await send({"type": "http.response.start", "status": status, "headers": [*headers, id_header]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            if too_large:
+                return
             if message["type"] == "http.response.start":
                 response_started = True
                 status_code = message["status"]
@@ -98,11 +112,12 @@ class RequestContextMiddleware:
         received = 0
 
         async def receive_limited() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
+                    too_large = True
                     raise _BodyTooLarge
             return message
 
