@@ -42,7 +42,8 @@ async def test_success_envelope_carries_request_id_and_timestamp(client: httpx.A
     response = await client.get("/api/v1/status")
     assert response.status_code == 200
     body = response.json()
-    assert body["success"] is True and body["error"] is None
+    assert body["success"] is True
+    assert body["error"] is None
     assert body["metadata"]["request_id"] == response.headers["x-request-id"]
     assert body["metadata"]["timestamp"].endswith("Z")
 
@@ -77,7 +78,8 @@ async def test_unhandled_error_fails_closed_without_details(app: FastAPI, client
     response = await client.get("/api/v1/test-boom")
     assert response.status_code == 500
     error = assert_error_envelope(response.json(), "E5_internal_error")
-    assert "secret" not in response.text and "Traceback" not in response.text
+    assert "secret" not in response.text
+    assert "Traceback" not in response.text
     assert error["trace_id"] == response.headers["x-request-id"]
 
 
