@@ -187,6 +187,12 @@ class Database:
                 self.breaker.record_failure(exc)
                 raise DatabaseUnavailable() from exc
             raise
+        except BaseException:
+            # Cancelled (say, a probe's or a caller's timeout) before the database answered: that says
+            # nothing about it, so it must not count as a success (closing the breaker, clearing failures).
+            failed = True
+            self.breaker.release_probe()
+            raise
         finally:
             if not failed:
                 self.breaker.record_success()

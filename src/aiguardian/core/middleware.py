@@ -98,7 +98,9 @@ class RequestContextMiddleware:
                 status, headers, body = error_response_parts(too_large_error, request_id)
                 response_started = True
                 status_code = status
-                await send({"type": "http.response.start", "status": status, "headers": [*headers, id_header]})
+                await send(
+                    {"type": "http.response.start", "status": status, "headers": [*headers, id_header]}
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
             if too_large:
