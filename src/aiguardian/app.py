@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await cache.close()
             await db.close()
             app.state.audit_writer = None
+            metrics.worker_exited(settings.metrics_multiproc_dir)
             log.info("stopped")
 
     app = FastAPI(

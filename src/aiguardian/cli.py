@@ -91,6 +91,8 @@ def serve(
             "Set DATABASE_URL (and REDIS_URL) to run several."
         )
     secrets = prepare_data_dir(settings)
+    if settings.workers > 1 and settings.metrics_multiproc_dir is None:
+        _share_metrics_between_workers(settings)
     db_path = sqlite_path(settings.effective_database_url)
     if db_path is not None and not reload:
         try:
@@ -216,6 +218,16 @@ def audit_verify(config: ConfigOption = None) -> None:
         highlight=False,
     )
     raise typer.Exit(1)
+
+
+def _share_metrics_between_workers(settings: Settings) -> None:
+    """Workers write their counters to files in the data dir so any worker's /metrics sums them all."""
+    import shutil
+
+    directory = settings.data_dir / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory.resolve())
 
 
 def _describe_db(settings: Settings) -> str:

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias=_names("cors_origins")
     )
 
+    metrics_multiproc_dir: Path | None = Field(
+        None, validation_alias=_names("metrics_multiproc_dir", "PROMETHEUS_MULTIPROC_DIR")
+    )
+
     audit_batch_size: int = Field(500, ge=1, validation_alias=_names("audit_batch_size"))
     audit_flush_interval: float = Field(0.5, gt=0, validation_alias=_names("audit_flush_interval"))
     audit_queue_max: int = Field(100_000, ge=100, validation_alias=_names("audit_queue_max"))

@@ -3,9 +3,19 @@ scrape time from sources each running app registers."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -22,7 +32,9 @@ HTTP_LATENCY = Histogram(
 )
 CACHE_REQUESTS = Counter("aig_cache_requests_total", "Cache look-ups by tier and result.", ["tier", "result"])
 CACHE_SHARED_UP = Gauge(
-    "aig_cache_redis_up", "1 when the Redis cache tier is in use, 0 when it is down or unset."
+    "aig_cache_redis_up",
+    "1 when the Redis cache tier is in use, 0 when it is down or unset.",
+    multiprocess_mode="livemin",
 )
 
 GaugeSource = Callable[[], Iterable[tuple[str, str, dict[str, str], float]]]
@@ -47,3 +59,19 @@ class LiveGauges(Collector):
 
 LIVE = LiveGauges()
 REGISTRY.register(LIVE)
+
+
+def render(multiproc_dir: Path | None) -> bytes:
+    """The exposition text. With several workers, counters and histograms are summed over all of them
+    (prometheus_client's multiprocess mode); live gauges are those of the worker that answers."""
+    if multiproc_dir is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
+    registry.register(LIVE)
+    return generate_latest(registry)
+
+
+def worker_exited(multiproc_dir: Path | None) -> None:
+    if multiproc_dir is not None:
+        multiprocess.mark_process_dead(os.getpid(), str(multiproc_dir))  # type: ignore[no-untyped-call]

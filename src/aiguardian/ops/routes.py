@@ -4,11 +4,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from aiguardian.core.envelope import Envelope, ok
 from aiguardian.core.health import Probe
 from aiguardian.core.http import RequestId
+from aiguardian.core.metrics import render as render_metrics
 from aiguardian.core.runtime import RuntimeDep
 from aiguardian.core.security import AdminActor
 from aiguardian.ops import service
@@ -37,8 +38,8 @@ async def readyz(request: Request) -> Response:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+async def metrics(runtime: RuntimeDep) -> Response:
+    return Response(render_metrics(runtime.settings.metrics_multiproc_dir), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/v1/status", response_model=Envelope[Status])
