@@ -212,6 +212,8 @@ class TieredCache:
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 continue
+            # What memory holds was written while Redis was away and may hide newer shared values.
+            await self.memory.clear_namespace()
             self.shared_up = True
             self.last_error = None
             metrics.CACHE_SHARED_UP.set(1)
