@@ -26,7 +26,8 @@ app = typer.Typer(
 audit_app = typer.Typer(help="Inspect the audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
-console = Console(stderr=True)
+# soft_wrap: a message is one line even when stderr is not a terminal (rich would wrap it at 80 columns).
+console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 ConfigOption = Annotated[

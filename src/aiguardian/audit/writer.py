@@ -68,13 +68,16 @@ class AuditWriter:
     async def close(self, deadline_seconds: float = 10.0) -> None:
         """Stop the loop and write everything still queued; spool what the database will not take."""
         self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_seconds
         if self._task is not None:
             self._wakeup.set()
+            # The loop ends by itself once it sees _closing. Cancelling it while it writes would drop the
+            # batch it has taken off the queue, so it is cancelled only if it overruns the deadline.
+            await asyncio.wait({self._task}, timeout=deadline_seconds)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + deadline_seconds
         while self._pending and loop.time() < deadline:
             if not await self.flush_once():
                 await asyncio.sleep(0.2)

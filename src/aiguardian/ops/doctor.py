@@ -46,6 +46,10 @@ async def _database(settings: Settings) -> list[Check]:
         head = migrate.head_revision()
         if current == head:
             checks.append(("migrations", True, f"at {head}", ""))
+        elif current is None:  # a new database: `serve` applies every migration before it starts
+            checks.append(
+                ("migrations", True, f"none applied yet; `aiguardian serve` applies up to {head}", "")
+            )
         else:
             checks.append(
                 (
