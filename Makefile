@@ -30,5 +30,8 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+bench-startup: $(STAMP)
+	$(BIN)/python bench/startup.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

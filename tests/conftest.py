@@ -7,6 +7,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,37 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+@dataclass
+class Account:
+    id: str
+    email: str
+    password: str
+    headers: dict[str, str]
+    refresh_token: str
+
+
+async def make_account(app: FastAPI, role: str = "member", email: str | None = None) -> Account:
+    """A real account through the identity service, signed in; its access token in ``headers``."""
+    identity = app.state.identity
+    email = email or f"{role}-{uuid.uuid4().hex[:8]}@example.test"
+    password = f"pw-{uuid.uuid4().hex}"
+    user = await identity.create_user(email, password, role=role)
+    _, pair = await identity.login(email, password)
+    return Account(
+        user.id, email, password, {"Authorization": f"Bearer {pair.access_token}"}, pair.refresh_token
+    )
+
+
 @pytest.fixture
-def admin_headers(app: FastAPI) -> dict[str, str]:
-    return {"Authorization": f"Bearer {app.state.runtime.secrets.admin_token}"}
+async def admin(app: FastAPI) -> Account:
+    return await make_account(app, "admin")
+
+
+@pytest.fixture
+async def member(app: FastAPI) -> Account:
+    return await make_account(app, "member")
+
+
+@pytest.fixture
+def admin_headers(admin: Account) -> dict[str, str]:
+    return admin.headers

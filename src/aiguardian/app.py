@@ -14,6 +14,7 @@ from aiguardian.audit import service as audit_service
 from aiguardian.audit.routes import router as audit_router
 from aiguardian.audit.writer import AuditWriter
 from aiguardian.core import metrics, migrate
+from aiguardian.core.bus import build_bus
 from aiguardian.core.cache import build_cache
 from aiguardian.core.datadir import prepare_data_dir
 from aiguardian.core.db import Database
@@ -21,7 +22,11 @@ from aiguardian.core.errors import AIGError, AuditBacklog
 from aiguardian.core.http import install_error_handlers
 from aiguardian.core.logging import configure_logging
 from aiguardian.core.middleware import RequestContextMiddleware, RequestRecord
+from aiguardian.core.ratelimit import RateLimiter
 from aiguardian.core.runtime import Runtime
+from aiguardian.identity.bootstrap import ensure_first_admin
+from aiguardian.identity.routes import auth_router, keys_router, users_router
+from aiguardian.identity.service import Identity
 from aiguardian.ops.probes import cache_probe, database_probe
 from aiguardian.ops.routes import router as ops_router
 from aiguardian.settings import Settings, load_settings
@@ -62,6 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await migrate.upgrade(db)
         cache = build_cache(settings)
         await cache.start()
+        bus = build_bus(settings.redis_url, settings.cache_namespace)
+        await bus.start()
+        limiter = RateLimiter(settings.redis_url, settings.cache_namespace, settings.redis_retry_seconds)
+        identity = Identity(settings, secrets.secret_key, db, cache.memory, bus)
+        await ensure_first_admin(identity)
         writer = AuditWriter(
             db,
             batch_size=settings.audit_batch_size,
@@ -70,8 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             spool_path=settings.data_dir / "audit-spool.jsonl",
         )
         await writer.start()
-        runtime = Runtime(settings=settings, secrets=secrets, db=db, cache=cache)
+        runtime = Runtime(settings=settings, secrets=secrets, db=db, cache=cache, bus=bus, limiter=limiter)
         app.state.runtime = runtime
+        app.state.identity = identity
         app.state.audit_writer = writer
         app.state.probes = [database_probe(db), cache_probe(cache), audit_service.writer_probe(writer)]
         gauge_key = f"app-{id(app)}"
@@ -82,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             metrics.LIVE.sources.pop(gauge_key, None)
             await writer.close()
+            await bus.close()
             await cache.close()
             await db.close()
             app.state.audit_writer = None
@@ -98,6 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(ops_router)
+    app.include_router(auth_router)
+    app.include_router(users_router)
+    app.include_router(keys_router)
     app.include_router(audit_router)
 
     excluded = frozenset(settings.audit_exclude_paths)

@@ -91,7 +91,7 @@ def serve(
             f"--workers {settings.workers} needs PostgreSQL: SQLite allows one serving process. "
             "Set DATABASE_URL (and REDIS_URL) to run several."
         )
-    secrets = prepare_data_dir(settings)
+    prepare_data_dir(settings)
     if settings.workers > 1 and settings.metrics_multiproc_dir is None:
         _share_metrics_between_workers(settings)
     db_path = sqlite_path(settings.effective_database_url)
@@ -116,12 +116,6 @@ def serve(
         raise _fail(
             f"cannot prepare the database ({_describe_db(settings)}): {type(exc).__name__}: {exc}"
         ) from None
-    if secrets.admin_token_generated:
-        console.print(
-            f"Bootstrap admin token created in {settings.data_dir / 'admin_token'} "
-            "(readable by you only; use it as `Authorization: Bearer <token>` on admin routes).",
-            highlight=False,
-        )
 
     import uvicorn
 

@@ -2,7 +2,8 @@
 
 from aiguardian.audit.models import AuditRecord
 from aiguardian.core.db import Base
+from aiguardian.identity.models import ApiKey, RefreshToken, User
 
 metadata = Base.metadata
 
-__all__ = ["AuditRecord", "metadata"]
+__all__ = ["ApiKey", "AuditRecord", "RefreshToken", "User", "metadata"]

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -19,8 +20,10 @@ CONFIG_FILE_ENV = "AIG_CONFIG_FILE"
 
 
 def _names(field: str, *plain: str) -> AliasChoices:
-    """Accept ``AIG_FIELD`` (env), ``field`` (YAML / keyword) and any plain legacy names."""
-    return AliasChoices(f"AIG_{field.upper()}", field, *plain)
+    """The environment names of a setting: ``AIG_FIELD`` and any plain legacy names. YAML files and keyword
+    arguments use the field name itself (``populate_by_name``); a bare ``PORT`` or ``SECRET_KEY`` in the
+    environment belongs to someone else and is ignored."""
+    return AliasChoices(f"AIG_{field.upper()}", *plain)
 
 
 class SettingsError(Exception):
@@ -51,7 +54,6 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field("auto", validation_alias=_names("log_format"))
 
     secret_key: SecretStr | None = Field(None, validation_alias=_names("secret_key"))
-    admin_token: SecretStr | None = Field(None, validation_alias=_names("admin_token"))
 
     circuit_breaker_threshold: int = Field(
         5, ge=1, validation_alias=_names("circuit_breaker_threshold", "CIRCUIT_BREAKER_THRESHOLD")
@@ -70,6 +72,21 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(1.0, gt=0, validation_alias=_names("redis_timeout_seconds"))
     redis_retry_seconds: float = Field(2.0, gt=0, validation_alias=_names("redis_retry_seconds"))
     cache_namespace: str = Field("aig", min_length=1, validation_alias=_names("cache_namespace"))
+
+    registration_enabled: bool = Field(True, validation_alias=_names("registration_enabled"))
+    password_min_length: int = Field(12, ge=8, le=128, validation_alias=_names("password_min_length"))
+    access_token_ttl_seconds: int = Field(900, ge=30, validation_alias=_names("access_token_ttl_seconds"))
+    refresh_token_ttl_days: int = Field(30, ge=1, validation_alias=_names("refresh_token_ttl_days"))
+    auth_cache_ttl: float = Field(60.0, gt=0, validation_alias=_names("auth_cache_ttl"))
+    first_admin_email: str = Field("admin@aiguardian.local", validation_alias=_names("first_admin_email"))
+
+    rate_limit_enabled: bool = Field(True, validation_alias=_names("rate_limit_enabled"))
+    rate_limit_default: str = Field("600/minute", validation_alias=_names("rate_limit_default"))
+    rate_limit_per_ip: str = Field("1200/minute", validation_alias=_names("rate_limit_per_ip"))
+    login_rate_limit_per_ip: str = Field("30/minute", validation_alias=_names("login_rate_limit_per_ip"))
+    login_rate_limit_per_account: str = Field(
+        "10/minute", validation_alias=_names("login_rate_limit_per_account")
+    )
 
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, validation_alias=_names("max_body_bytes"))
     cors_origins: Annotated[list[str], NoDecode] = Field(
@@ -95,6 +112,24 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator(
+        "rate_limit_default", "rate_limit_per_ip", "login_rate_limit_per_ip", "login_rate_limit_per_account"
+    )
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("must look like `600/minute` or `10 per second`") from None
+        return value
+
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("database_url")
     @classmethod
@@ -138,6 +173,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        for source in (env_settings, dotenv_settings):
+            # The environment is shared with other programs: only our own names (aliases) count there,
+            # never a bare field name such as PORT or SECRET_KEY.
+            source.config = {**source.config, "populate_by_name": False, "validate_by_name": False}
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
         yaml_file = settings_cls.model_config.get("yaml_file")
         if yaml_file:
@@ -162,7 +201,7 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         return cls(**overrides)
     except ValidationError as exc:
         raise SettingsError(_one_line(exc)) from None
-    except (ValueError, OSError) as exc:  # unreadable YAML or .env
+    except (ValueError, OSError, yaml.YAMLError) as exc:  # unreadable YAML or .env
         raise SettingsError(f"invalid settings file: {exc}") from None
 
 

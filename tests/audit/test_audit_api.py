@@ -12,6 +12,7 @@ from sqlalchemy import func, select, update
 
 from aiguardian.audit.models import AuditRecord
 from aiguardian.audit.service import verify
+from tests.conftest import Account
 
 
 async def flush(app: FastAPI) -> None:
@@ -55,13 +56,13 @@ async def test_blocked_and_error_rows_carry_reason_codes(
 
 
 async def test_admin_requests_record_the_actor(
-    app: FastAPI, client: httpx.AsyncClient, admin_headers: dict[str, str]
+    app: FastAPI, client: httpx.AsyncClient, admin: Account
 ) -> None:
-    await audit_rows(client, admin_headers)
+    await audit_rows(client, admin.headers)
     await flush(app)
-    page = await audit_rows(client, admin_headers, actor="bootstrap-admin")
+    page = await audit_rows(client, admin.headers, actor=f"user:{admin.id}")
     assert page["items"]
-    assert all(r["actor"] == "bootstrap-admin" for r in page["items"])
+    assert all(r["actor"] == f"user:{admin.id}" for r in page["items"])
 
 
 async def test_cursor_pages_through_without_overlap(

@@ -7,6 +7,7 @@ import pytest
 from fastapi import FastAPI
 
 from aiguardian.core.logging import redact_secrets, redact_text
+from tests.conftest import make_account
 
 
 @pytest.mark.parametrize(
@@ -36,16 +37,34 @@ def test_sensitive_keys_are_redacted() -> None:
     assert event["n"] == 1
 
 
-async def test_admin_token_never_appears_in_request_logs(
-    capsys: pytest.CaptureFixture[str], app: FastAPI, client: httpx.AsyncClient, admin_headers: dict[str, str]
+async def test_passwords_tokens_and_keys_never_appear_in_logs(
+    capsys: pytest.CaptureFixture[str], app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     # capsys comes first so the app's log handler is created while it captures.
-    token = app.state.runtime.secrets.admin_token
-    await client.get("/api/v1/audit", headers=admin_headers)
-    await client.get("/api/v1/audit", headers={"Authorization": "Bearer wrong-secret-value"})
-    await client.get(f"/api/v1/status?token={token}")
+    account = await make_account(app, "member")
+    login = await client.post(
+        "/api/v1/auth/login", data={"username": account.email, "password": account.password}
+    )
+    assert login.status_code == 200
+    tokens = login.json()["data"]
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    created = await client.post("/api/v1/keys", headers=headers, json={"name": "ci", "scopes": ["read"]})
+    secret = created.json()["data"]["key"]
+    assert (await client.get("/api/v1/auth/me", headers={"X-API-Key": secret})).status_code == 200
+    await client.post(
+        "/api/v1/auth/login", data={"username": account.email, "password": "wrong-Password-123"}
+    )
+    await client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    await client.get(f"/api/v1/status?token={tokens['access_token']}&api_key={secret}")
+    await app.state.audit_writer.flush()
     captured = capsys.readouterr()
     logs = captured.err + captured.out
     assert '"trace_id"' in logs
-    assert token not in logs
-    assert "wrong-secret-value" not in logs
+    for value in (
+        account.password,
+        "wrong-Password-123",
+        tokens["access_token"],
+        tokens["refresh_token"],
+        secret,
+    ):
+        assert value not in logs

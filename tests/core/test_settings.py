@@ -79,7 +79,7 @@ def test_invalid_setting_is_one_line_naming_it(
 
 def test_secret_values_are_not_echoed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("admin_token: [not, a, string]\n")
+    config.write_text("secret_key: [not, a, string]\n")
     with pytest.raises(SettingsError) as caught:
         load_settings(config)
     assert "not" not in str(caught.value).split(":", 1)[1]

@@ -38,7 +38,7 @@ from aiguardian.core.db import Database
 from aiguardian.core.errors import DatabaseUnavailable
 from aiguardian.ops import service as ops_service
 from aiguardian.settings import Settings
-from tests.conftest import PG_URL, async_pg_url, make_settings
+from tests.conftest import PG_URL, async_pg_url, make_account, make_settings
 from tests.faultproxy import FaultProxy
 from tests.server import free_port
 
@@ -64,6 +64,7 @@ needs_redis_server = pytest.mark.skipif(
 async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     application = create_app(settings)
     async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+        application.state.test_admin = await make_account(application, "admin")
         transport = httpx.ASGITransport(app=application, client=("127.0.0.1", 50000))
         async with httpx.AsyncClient(
             transport=transport, base_url="http://testserver", timeout=REQUEST_BOUND_SECONDS
@@ -81,7 +82,7 @@ async def get(
 
 
 def admin_headers(app: FastAPI, request_id: str | None = None) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {app.state.runtime.secrets.admin_token}"}
+    headers = dict(app.state.test_admin.headers)
     if request_id is not None:
         headers["X-Request-ID"] = request_id
     return headers

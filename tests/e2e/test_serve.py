@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -211,11 +212,33 @@ def test_first_run_serves_with_sqlite_and_memory_cache(first_run: tuple[ServerPr
 
     data_dir = server.workdir / DATA_DIR
     assert (data_dir / "aiguardian.db").is_file()
-    for name in ("secret_key", "admin_token"):
-        path = data_dir / name
-        assert path.is_file(), f"{name} missing from {sorted(p.name for p in data_dir.iterdir())}"
-        assert path.read_text().strip(), f"{name} is empty"
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{name}: {oct(path.stat().st_mode)}"
+    path = data_dir / "secret_key"
+    assert path.is_file(), f"secret_key missing from {sorted(p.name for p in data_dir.iterdir())}"
+    assert path.read_text().strip(), "secret_key is empty"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"secret_key: {oct(path.stat().st_mode)}"
+
+
+def test_first_run_prints_one_time_admin_credentials_that_work(
+    first_run: tuple[ServerProcess, float],
+) -> None:
+    server, _ = first_run
+    logs = server.logs()
+    email = re.search(r"email:\s+(\S+)", logs)
+    password = re.search(r"password:\s+(\S+)", logs)
+    assert email, logs
+    assert password, logs
+    assert logs.count(password.group(1)) == 1, "the one-time password must be shown exactly once"
+    login = httpx.post(
+        server.base_url + "/api/v1/auth/login",
+        data={"username": email.group(1), "password": password.group(1)},
+        timeout=10,
+    )
+    assert login.status_code == 200, login.text
+    token = login.json()["data"]["access_token"]
+    me = httpx.get(
+        server.base_url + "/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert me.json()["data"]["role"] == "admin"
 
 
 def test_second_server_on_the_same_data_dir_is_refused(first_run: tuple[ServerProcess, float]) -> None:

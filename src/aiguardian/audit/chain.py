@@ -27,9 +27,11 @@ class AuditEntry:
     session_id: str | None
     client_ip: str | None
     latency_ms: float
+    action: str | None = None
+    target: str | None = None
 
     def hashed_fields(self) -> dict[str, Any]:
-        return {
+        fields = {
             "trace_id": self.trace_id,
             "created_at": iso(self.created_at),
             "actor": self.actor,
@@ -42,6 +44,12 @@ class AuditEntry:
             "client_ip": self.client_ip,
             "latency_ms": self.latency_ms,
         }
+        # Fields added after the first release are hashed only when set, so older rows still verify.
+        if self.action is not None:
+            fields["action"] = self.action
+        if self.target is not None:
+            fields["target"] = self.target
+        return fields
 
 
 def link(prev_hash: str, entry: AuditEntry) -> str:

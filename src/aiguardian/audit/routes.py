@@ -10,7 +10,7 @@ from aiguardian.audit.schemas import AuditFilters, AuditPage, AuditStatus
 from aiguardian.core.envelope import Envelope, ok
 from aiguardian.core.http import RequestId
 from aiguardian.core.runtime import RuntimeDep
-from aiguardian.core.security import AdminActor
+from aiguardian.identity.auth import Admin
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
@@ -19,10 +19,11 @@ router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 async def list_audit(
     runtime: RuntimeDep,
     request_id: RequestId,
-    _admin: AdminActor,
+    _admin: Admin,
     status: AuditStatus | None = None,
     reason_code: Annotated[str | None, Query(max_length=128)] = None,
     actor: Annotated[str | None, Query(max_length=128)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
     route: Annotated[str | None, Query(max_length=512)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -30,7 +31,13 @@ async def list_audit(
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Envelope[AuditPage]:
     filters = AuditFilters(
-        status=status, reason_code=reason_code, actor=actor, route=route, since=since, until=until
+        status=status,
+        reason_code=reason_code,
+        actor=actor,
+        action=action,
+        route=route,
+        since=since,
+        until=until,
     )
     capped = min(limit, runtime.settings.audit_page_max)
     return ok(await service.list_page(runtime.db, filters, capped, cursor), request_id)

@@ -21,6 +21,8 @@ class AuditRow(BaseModel):
     session_id: str | None
     client_ip: str | None
     latency_ms: float
+    action: str | None = None
+    target: str | None = None
 
 
 class AuditPage(BaseModel):
@@ -31,6 +33,7 @@ class AuditPage(BaseModel):
 class AuditFilters(BaseModel):
     status: AuditStatus | None = None
     reason_code: str | None = None
+    action: str | None = None
     actor: str | None = None
     route: str | None = None
     since: datetime | None = None

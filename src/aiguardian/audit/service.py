@@ -40,6 +40,8 @@ def entry_from_request(record: RequestRecord) -> AuditEntry:
         session_id=record.session_id,
         client_ip=record.client_ip,
         latency_ms=record.latency_ms,
+        action=record.action,
+        target=record.target,
     )
 
 
@@ -66,6 +68,8 @@ def _filtered(filters: AuditFilters) -> Select[AuditRecord]:
     query = select(AuditRecord)
     if filters.status:
         query = query.where(AuditRecord.status == filters.status)
+    if filters.action:
+        query = query.where(AuditRecord.action == filters.action)
     if filters.actor:
         query = query.where(AuditRecord.actor == filters.actor)
     if filters.route:
@@ -101,6 +105,8 @@ def to_row(record: AuditRecord) -> AuditRow:
         session_id=record.session_id,
         client_ip=record.client_ip,
         latency_ms=record.latency_ms,
+        action=record.action,
+        target=record.target,
     )
 
 
@@ -135,6 +141,8 @@ def _stored_hash(prev: str, record: AuditRecord) -> str | None:
         session_id=record.session_id,
         client_ip=record.client_ip,
         latency_ms=record.latency_ms,
+        action=record.action,
+        target=record.target,
     )
     return link(prev, entry)
 

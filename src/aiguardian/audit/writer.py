@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import deque
 from datetime import datetime
 from pathlib import Path
@@ -126,6 +127,8 @@ class AuditWriter:
                 rows.append(
                     {
                         **entry.hashed_fields(),
+                        "action": entry.action,
+                        "target": entry.target,
                         "created_at": entry.created_at,
                         "reason_codes": orjson.dumps(entry.reason_codes).decode(),
                         "prev_hash": prev,
@@ -147,8 +150,11 @@ class AuditWriter:
     def _load_spool(self) -> None:
         if not self.spool_path.exists():
             return
-        spooled = self.spool_path.with_suffix(".loading")
-        self.spool_path.replace(spooled)
+        spooled = self.spool_path.with_suffix(f".loading-{os.getpid()}")
+        try:
+            self.spool_path.replace(spooled)
+        except FileNotFoundError:  # another worker took it a moment ago
+            return
         count = 0
         for line in spooled.read_bytes().splitlines():
             if not line.strip():

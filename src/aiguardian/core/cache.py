@@ -21,6 +21,16 @@ from aiguardian.settings import Settings
 log = structlog.get_logger("aiguardian.cache")
 
 
+def describe_error(exc: BaseException) -> str:
+    """Name the cause: cashews wraps Redis errors in an exception that often says nothing by itself."""
+    chain: list[BaseException] = [exc]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
+        chain.append(nxt)
+    said = [e for e in chain if str(e).strip()]
+    chosen = said[-1] if said else chain[-1]
+    return f"{type(chosen).__name__}: {chosen}"[:300]
+
+
 class CacheBackend(Protocol):
     """What every cache tier offers. ``tests/contracts/test_cache.py`` holds each backend to it."""
 
@@ -194,7 +204,7 @@ class TieredCache:
         return self.shared is not None and self.shared_up
 
     def shared_failed(self, exc: BaseException) -> None:
-        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.last_error = describe_error(exc)
         if not self.shared_up:
             return
         self.shared_up = False
@@ -210,7 +220,7 @@ class TieredCache:
             try:
                 await self.shared.ping()
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.last_error = describe_error(exc)
                 continue
             # What memory holds was written while Redis was away and may hide newer shared values.
             await self.memory.clear_namespace()

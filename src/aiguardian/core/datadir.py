@@ -13,8 +13,6 @@ from aiguardian.settings import Settings
 @dataclass(frozen=True)
 class Secrets:
     secret_key: str
-    admin_token: str
-    admin_token_generated: bool
 
 
 def _read_or_create(path: Path, nbytes: int) -> tuple[str, bool]:
@@ -31,13 +29,9 @@ def _read_or_create(path: Path, nbytes: int) -> tuple[str, bool]:
 
 
 def prepare_data_dir(settings: Settings) -> Secrets:
-    """Create the data dir (private to this user) and the secrets not given in settings."""
+    """Create the data dir (private to this user) and the secret key unless settings give one."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if settings.secret_key is not None:
-        secret_key = settings.secret_key.get_secret_value()
-    else:
-        secret_key, _ = _read_or_create(settings.data_dir / "secret_key", 48)
-    if settings.admin_token is not None:
-        return Secrets(secret_key, settings.admin_token.get_secret_value(), False)
-    admin_token, created = _read_or_create(settings.data_dir / "admin_token", 32)
-    return Secrets(secret_key, admin_token, created)
+        return Secrets(settings.secret_key.get_secret_value())
+    secret_key, _ = _read_or_create(settings.data_dir / "secret_key", 48)
+    return Secrets(secret_key)

@@ -26,7 +26,15 @@ class ReasonCode(StrEnum):
     INTERNAL_ERROR = "E5_internal_error"
     AUTH_NOT_CONFIGURED = "G0_auth_not_configured"
     AUTH_INVALID = "G1_auth_invalid"
+    AUTH_EXPIRED = "G1_auth_expired"
+    AUTH_REVOKED = "G1_auth_revoked"
+    REFRESH_REUSED = "G1_refresh_token_reused"
+    ACCOUNT_DISABLED = "G1_account_disabled"
+    LOGIN_FAILED = "G1_login_failed"
     FORBIDDEN = "G2_forbidden"
+    SCOPE_MISSING = "G2_scope_missing"
+    REGISTRATION_CLOSED = "G2_registration_closed"
+    LOGIN_RATE_LIMITED = "E4_login_rate_limited"
 
 
 class AIGError(Exception):

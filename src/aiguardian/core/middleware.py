@@ -40,6 +40,8 @@ class RequestRecord:
     session_id: str | None
     actor: str | None
     reason_codes: list[str] = field(default_factory=list)
+    action: str | None = None
+    target: str | None = None
 
 
 class _BodyTooLarge(Exception):
@@ -108,7 +110,16 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status_code = message["status"]
-                message["headers"] = [*message.get("headers", []), id_header]
+                extra = state.get("response_headers")
+                headers = [*message.get("headers", []), id_header]
+                if extra:
+                    present = {name.lower() for name, _ in headers}
+                    headers += [
+                        (k.lower().encode(), v.encode())
+                        for k, v in extra.items()
+                        if k.lower().encode() not in present
+                    ]
+                message["headers"] = headers
             await send(message)
 
         received = 0
@@ -130,7 +141,9 @@ class RequestContextMiddleware:
             await send_with_id({"type": "http.response.body", "body": body})
 
         try:
-            refusal = self.admission() if self.admission is not None else None
+            # Probes and scrapes are not audited, so an audit backlog must not fail them.
+            quiet = scope["path"] in self.quiet_paths
+            refusal = self.admission() if self.admission is not None and not quiet else None
             if refusal is not None:
                 await refuse(refusal)
             elif content_length is not None and content_length > self.max_body_bytes:
@@ -191,6 +204,8 @@ class RequestContextMiddleware:
         if self.on_complete is not None:
             client = scope.get("client")
             actor = state.get("actor")
+            action = state.get("audit_action")
+            target = state.get("audit_target")
             self.on_complete(
                 RequestRecord(
                     trace_id=request_id,
@@ -204,5 +219,7 @@ class RequestContextMiddleware:
                     session_id=session_id,
                     actor=actor if isinstance(actor, str) else None,
                     reason_codes=reason_codes,
+                    action=action if isinstance(action, str) else None,
+                    target=target if isinstance(target, str) else None,
                 )
             )

@@ -8,9 +8,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from aiguardian.core.bus import EventBus
 from aiguardian.core.cache import TieredCache
 from aiguardian.core.datadir import Secrets
 from aiguardian.core.db import Database
+from aiguardian.core.ratelimit import RateLimiter
 from aiguardian.settings import Settings
 
 
@@ -20,6 +22,8 @@ class Runtime:
     secrets: Secrets
     db: Database
     cache: TieredCache
+    bus: EventBus
+    limiter: RateLimiter
     started_monotonic: float = field(default_factory=time.monotonic)
 
     @property

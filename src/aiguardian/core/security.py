@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated
-
-from fastapi import Depends, Request
-
-from aiguardian.core.errors import NotAuthenticated, ReasonCode
-from aiguardian.core.runtime import get_runtime
+from fastapi import Request
 
 
 def presented_credential(request: Request) -> str | None:
@@ -20,18 +14,3 @@ def presented_credential(request: Request) -> str | None:
             return value.strip()
     key = request.headers.get("x-api-key")
     return key.strip() if key and key.strip() else None
-
-
-def require_bootstrap_admin(request: Request) -> str:
-    """Until identity lands, admin routes take the bootstrap admin token from the settings / data dir."""
-    credential = presented_credential(request)
-    if credential is None:
-        raise NotAuthenticated("send the admin token as `Authorization: Bearer <token>`")
-    expected = get_runtime(request).secrets.admin_token
-    if not hmac.compare_digest(credential.encode(), expected.encode()):
-        raise NotAuthenticated("invalid credentials", reason_code=ReasonCode.AUTH_INVALID)
-    request.state.actor = "bootstrap-admin"
-    return "bootstrap-admin"
-
-
-AdminActor = Annotated[str, Depends(require_bootstrap_admin)]

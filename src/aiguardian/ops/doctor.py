@@ -6,7 +6,7 @@ import os
 import tempfile
 
 from aiguardian.core import migrate
-from aiguardian.core.cache import redis_backend
+from aiguardian.core.cache import describe_error, redis_backend
 from aiguardian.core.db import Database
 from aiguardian.settings import Settings
 
@@ -71,7 +71,7 @@ async def _redis(settings: Settings) -> Check:
     try:
         latency = await backend.ping()
     except Exception as exc:
-        return ("redis", False, f"{type(exc).__name__}: {exc}"[:300], "start Redis or correct REDIS_URL")
+        return ("redis", False, describe_error(exc), "start Redis or correct REDIS_URL")
     finally:
         await backend.close()
     return ("redis", True, f"{latency:.1f} ms", "")

@@ -11,7 +11,7 @@ from aiguardian.core.health import Probe
 from aiguardian.core.http import RequestId
 from aiguardian.core.metrics import render as render_metrics
 from aiguardian.core.runtime import RuntimeDep
-from aiguardian.core.security import AdminActor
+from aiguardian.identity.auth import Admin
 from aiguardian.ops import service
 from aiguardian.ops.schemas import MemoryReport, Readiness, Status
 
@@ -48,10 +48,10 @@ async def status(request: Request, runtime: RuntimeDep, request_id: RequestId) -
 
 
 @router.get("/api/v1/memory", response_model=Envelope[MemoryReport])
-async def memory(request_id: RequestId, _admin: AdminActor) -> Envelope[MemoryReport]:
+async def memory(request_id: RequestId, _admin: Admin) -> Envelope[MemoryReport]:
     return ok(service.memory(), request_id)
 
 
 @router.get("/api/v1/diagnostic/metrics", response_model=Envelope[dict[str, Any]])
-async def diagnostic_metrics(request_id: RequestId, _admin: AdminActor) -> Envelope[dict[str, Any]]:
+async def diagnostic_metrics(request_id: RequestId, _admin: Admin) -> Envelope[dict[str, Any]]:
     return ok(service.metrics_as_json(), request_id)

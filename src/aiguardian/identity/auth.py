@@ -1,0 +1,81 @@
+"""FastAPI dependencies: who is calling, may they, and are they within their rate limits."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from aiguardian.core.errors import Forbidden, NotAuthenticated, RateLimited, ReasonCode
+from aiguardian.core.ratelimit import Decision
+from aiguardian.core.runtime import get_runtime
+from aiguardian.core.security import presented_credential
+from aiguardian.identity.service import Identity, Principal
+
+
+def get_identity(request: Request) -> Identity:
+    identity: Identity = request.app.state.identity
+    return identity
+
+
+IdentityDep = Annotated[Identity, Depends(get_identity)]
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def enforce(
+    request: Request, limit: str, identifier: str, code: ReasonCode = ReasonCode.RATE_LIMITED
+) -> None:
+    """Count one request against ``limit`` for ``identifier``; refuse with 429 past it."""
+    runtime = get_runtime(request)
+    if not runtime.settings.rate_limit_enabled:
+        return
+    decision: Decision = await runtime.limiter.hit(limit, identifier)
+    request.state.response_headers = decision.headers()
+    if not decision.allowed:
+        raise RateLimited(
+            f"rate limit of {limit} exceeded; retry later", reason_code=code, headers=decision.headers()
+        )
+
+
+async def current_principal(request: Request) -> Principal:
+    credential = presented_credential(request)
+    if credential is None:
+        raise NotAuthenticated("send `Authorization: Bearer <token or API key>` or `X-API-Key: <key>`")
+    principal = await get_identity(request).authenticate(credential)
+    request.state.actor = principal.actor
+    settings = get_runtime(request).settings
+    await enforce(request, settings.rate_limit_per_ip, f"ip:{client_ip(request)}")
+    subject = f"key:{principal.key_id}" if principal.key_id else f"user:{principal.user_id}"
+    await enforce(request, principal.rate_limit or settings.rate_limit_default, subject)
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: CurrentPrincipal) -> Principal:
+        if scope not in principal.scopes:
+            raise Forbidden(
+                f"this credential lacks the `{scope}` scope", reason_code=ReasonCode.SCOPE_MISSING
+            )
+        return principal
+
+    return check
+
+
+async def require_admin(principal: CurrentPrincipal) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("admins only", reason_code=ReasonCode.FORBIDDEN)
+    if "admin" not in principal.scopes:
+        raise Forbidden("this credential lacks the `admin` scope", reason_code=ReasonCode.SCOPE_MISSING)
+    return principal
+
+
+Reader = Annotated[Principal, Depends(require_scope("read"))]
+Writer = Annotated[Principal, Depends(require_scope("write"))]
+Admin = Annotated[Principal, Depends(require_admin)]
