@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from aiguardian import __version__
+from aiguardian.core.errors import AIGError
 from aiguardian.settings import CONFIG_FILE_ENV, Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -25,10 +27,15 @@ app = typer.Typer(
 )
 audit_app = typer.Typer(help="Inspect the audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+admin_app = typer.Typer(help="Manage accounts and API keys from the command line.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
 
 # soft_wrap: a message is one line even when stderr is not a terminal (rich would wrap it at 80 columns).
 console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from aiguardian.identity.service import Identity
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML settings file (also AIG_CONFIG_FILE).")
@@ -223,6 +230,138 @@ def _share_metrics_between_workers(settings: Settings) -> None:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory.resolve())
+
+
+@contextlib.asynccontextmanager
+async def _identity(settings: Settings) -> AsyncIterator[Identity]:
+    """The identity service on a migrated database, as the server would build it (memory cache and bus:
+    this process only changes rows; running servers pick the change up when their cache entries expire,
+    or at once for revocations made through the API)."""
+    from aiguardian.core import migrate as migrations
+    from aiguardian.core.bus import MemoryBus
+    from aiguardian.core.cache import memory_backend
+    from aiguardian.core.datadir import prepare_data_dir
+    from aiguardian.core.db import Database
+    from aiguardian.identity.service import Identity
+
+    secrets = prepare_data_dir(settings)
+    db = Database(settings)
+    cache = memory_backend(settings)
+    try:
+        await migrations.upgrade(db)
+        yield Identity(settings, secrets.secret_key, db, cache, MemoryBus())
+    finally:
+        await cache.close()
+        await db.close()
+
+
+def _password_or_generated(password: str | None) -> tuple[str, bool]:
+    from aiguardian.identity.bootstrap import one_time_password
+
+    return (password, False) if password else (one_time_password(), True)
+
+
+@admin_app.command("create-user")
+def admin_create_user(
+    email: Annotated[str, typer.Option(help="The account's email address (its login name).")],
+    role: Annotated[str, typer.Option(help="admin or member.")] = "member",
+    password: Annotated[
+        str | None, typer.Option(help="Omit to have a strong one generated and printed once.")
+    ] = None,
+    display_name: Annotated[str, typer.Option(help="Shown in the dashboard.")] = "",
+    config: ConfigOption = None,
+) -> None:
+    """Create an account."""
+    if role not in ("admin", "member"):
+        raise _fail("--role must be admin or member", 2)
+    settings = _settings(config)
+    secret, generated = _password_or_generated(password)
+
+    async def create() -> str:
+        async with _identity(settings) as identity:
+            user = await identity.create_user(email, secret, display_name, role)
+            return user.id
+
+    try:
+        user_id = _run(create)
+    except AIGError as exc:
+        raise _fail(exc.message) from None
+    console.print(f"created {role} {email.strip().lower()} (id {user_id})", highlight=False)
+    if generated:
+        typer.echo(f"password: {secret}")
+
+
+@admin_app.command("reset-password")
+def admin_reset_password(
+    email: Annotated[str, typer.Option(help="The account to reset.")],
+    password: Annotated[
+        str | None, typer.Option(help="Omit to have a strong one generated and printed once.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Set a new password and sign the account out everywhere."""
+    settings = _settings(config)
+    secret, generated = _password_or_generated(password)
+
+    async def reset() -> bool:
+        async with _identity(settings) as identity:
+            user = await identity.find_user_by_email(email)
+            if user is None:
+                return False
+            await identity.set_password(user, secret)
+            return True
+
+    try:
+        found = _run(reset)
+    except AIGError as exc:
+        raise _fail(exc.message) from None
+    if not found:
+        raise _fail(f"no account with email {email}")
+    console.print(f"password reset for {email}; its sessions are signed out", highlight=False)
+    if generated:
+        typer.echo(f"password: {secret}")
+
+
+@admin_app.command("create-key")
+def admin_create_key(
+    email: Annotated[str, typer.Option(help="The account the key acts as.")],
+    name: Annotated[str, typer.Option(help="What the key is for.")] = "cli",
+    scopes: Annotated[str, typer.Option(help="Comma-separated: read, write, chat, admin.")] = "read,chat",
+    rate_limit: Annotated[
+        str | None, typer.Option(help="For example 60/minute; default from settings.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create an API key and print it (it is shown once; only its hash is stored)."""
+    settings = _settings(config)
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    unknown = set(wanted) - {"read", "write", "chat", "admin"}
+    if unknown or not wanted:
+        raise _fail(f"--scopes: unknown scope(s) {', '.join(sorted(unknown)) or '(none given)'}", 2)
+    if rate_limit is not None:
+        from aiguardian.core.ratelimit import parse_limit
+
+        try:
+            parse_limit(rate_limit)
+        except ValueError:
+            raise _fail("--rate-limit must look like 60/minute", 2) from None
+
+    async def create() -> str | None:
+        async with _identity(settings) as identity:
+            user = await identity.find_user_by_email(email)
+            if user is None:
+                return None
+            _, secret = await identity.create_key(user.id, name, wanted, rate_limit=rate_limit)
+            return secret
+
+    try:
+        secret = _run(create)
+    except AIGError as exc:
+        raise _fail(exc.message) from None
+    if secret is None:
+        raise _fail(f"no account with email {email}")
+    console.print(f"API key for {email} (scopes {','.join(wanted)}); shown once:", highlight=False)
+    typer.echo(secret)
 
 
 def _describe_db(settings: Settings) -> str:
