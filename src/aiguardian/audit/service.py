@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-from datetime import UTC, datetime
-
 import orjson
 from sqlalchemy import Select, select
 
@@ -12,11 +9,11 @@ from aiguardian.audit.chain import GENESIS, AuditEntry, link
 from aiguardian.audit.models import AuditRecord
 from aiguardian.audit.schemas import AuditFilters, AuditPage, AuditRow, AuditStatus, VerifyResult
 from aiguardian.audit.writer import AuditWriter
-from aiguardian.core.clock import iso
+from aiguardian.core.clock import as_utc, iso
 from aiguardian.core.db import Database
-from aiguardian.core.errors import ValidationFailed
 from aiguardian.core.health import ComponentHealth, Probe
 from aiguardian.core.middleware import RequestRecord
+from aiguardian.core.pagination import decode_int_cursor, encode_cursor, escape_like
 
 
 def status_for(http_status: int) -> AuditStatus:
@@ -27,41 +24,28 @@ def status_for(http_status: int) -> AuditStatus:
     return "ERROR"
 
 
+def _storable(value: str | None, limit: int) -> str | None:
+    """Text as its column takes it. PostgreSQL refuses NUL characters and over-long values, and one refused
+    row would hold back its whole batch, and every batch after it, for good."""
+    return None if value is None else value.replace("\x00", "\ufffd")[:limit]
+
+
 def entry_from_request(record: RequestRecord) -> AuditEntry:
     return AuditEntry(
         trace_id=record.trace_id,
         created_at=record.started_at,
-        actor=record.actor,
-        route=record.path,
-        method=record.method,
+        actor=_storable(record.actor, 128),
+        route=_storable(record.path, 512) or "",
+        method=_storable(record.method, 16) or "",
         status=status_for(record.status_code),
         http_status=record.status_code,
         reason_codes=record.reason_codes,
-        session_id=record.session_id,
-        client_ip=record.client_ip,
+        session_id=_storable(record.session_id, 128),
+        client_ip=_storable(record.client_ip, 64),
         latency_ms=record.latency_ms,
-        action=record.action,
-        target=record.target,
+        action=_storable(record.action, 64),
+        target=_storable(record.target, 128),
     )
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(str(last_id).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        return int(base64.urlsafe_b64decode(padded.encode()).decode())
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed(
-            "cursor: not a cursor returned by this API",
-            details=[{"field": "query.cursor", "message": "invalid"}],
-        ) from None
-
-
-def _escape_like(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _filtered(filters: AuditFilters) -> Select[AuditRecord]:
@@ -74,21 +58,17 @@ def _filtered(filters: AuditFilters) -> Select[AuditRecord]:
         query = query.where(AuditRecord.actor == filters.actor)
     if filters.route:
         if filters.route.endswith("*"):
-            query = query.where(AuditRecord.route.like(_escape_like(filters.route[:-1]) + "%", escape="\\"))
+            query = query.where(AuditRecord.route.like(escape_like(filters.route[:-1]) + "%", escape="\\"))
         else:
             query = query.where(AuditRecord.route == filters.route)
     if filters.reason_code:
         needle = orjson.dumps(filters.reason_code).decode()
-        query = query.where(AuditRecord.reason_codes.like("%" + _escape_like(needle) + "%", escape="\\"))
+        query = query.where(AuditRecord.reason_codes.like("%" + escape_like(needle) + "%", escape="\\"))
     if filters.since:
-        query = query.where(AuditRecord.created_at >= _as_utc(filters.since))
+        query = query.where(AuditRecord.created_at >= as_utc(filters.since))
     if filters.until:
-        query = query.where(AuditRecord.created_at < _as_utc(filters.until))
+        query = query.where(AuditRecord.created_at < as_utc(filters.until))
     return query
-
-
-def _as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def to_row(record: AuditRecord) -> AuditRow:
@@ -114,7 +94,7 @@ async def list_page(db: Database, filters: AuditFilters, limit: int, cursor: str
     """Newest first; ``cursor`` continues after the last row of the previous page."""
     query = _filtered(filters)
     if cursor:
-        query = query.where(AuditRecord.id < decode_cursor(cursor))
+        query = query.where(AuditRecord.id < decode_int_cursor(cursor))
     query = query.order_by(AuditRecord.id.desc()).limit(limit + 1)
     async with db.session() as session:
         records = list((await session.scalars(query)).all())

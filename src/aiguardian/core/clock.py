@@ -13,7 +13,10 @@ def utc_now_iso() -> str:
     return iso(utc_now())
 
 
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands naive datetimes back; we only ever store UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def iso(moment: datetime) -> str:
-    if moment.tzinfo is None:  # SQLite hands naive datetimes back; we only ever store UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return as_utc(moment).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -6,7 +6,6 @@ Knows no HTTP. Every change that could make another process's cached view wrong 
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from aiguardian.core.bus import EventBus
 from aiguardian.core.cache import CashewsBackend
-from aiguardian.core.clock import iso, utc_now
+from aiguardian.core.clock import as_utc, iso, utc_now
 from aiguardian.core.db import Database
 from aiguardian.core.errors import (
     Conflict,
@@ -28,6 +27,7 @@ from aiguardian.core.errors import (
     ReasonCode,
     ValidationFailed,
 )
+from aiguardian.core.pagination import decode_cursor, encode_cursor, escape_like
 from aiguardian.identity import passwords, tokens
 from aiguardian.identity.models import ApiKey, RefreshToken, User
 from aiguardian.identity.schemas import ALL_SCOPES, KeyOut, TokenPair, UserOut
@@ -62,12 +62,6 @@ class Principal:
         return f"user:{self.user_id}" + (f"/key:{self.key_id}" if self.key_id else "")
 
 
-def _as_utc(moment: datetime) -> datetime:
-    from datetime import UTC
-
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 def user_out(user: User) -> UserOut:
     return UserOut(
         id=user.id,
@@ -92,20 +86,6 @@ def key_out(key: ApiKey) -> KeyOut:
         expires_at=iso(key.expires_at) if key.expires_at else None,
         revoked_at=iso(key.revoked_at) if key.revoked_at else None,
     )
-
-
-def encode_cursor(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        return base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed(
-            "cursor: not a cursor returned by this API",
-            details=[{"field": "query.cursor", "message": "invalid"}],
-        ) from None
 
 
 class Identity:
@@ -195,7 +175,7 @@ class Identity:
         if active is not None:
             query = query.where(User.is_active == active)
         if q:
-            needle = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            needle = "%" + escape_like(q.lower()) + "%"
             query = query.where(
                 or_(User.email.like(needle, escape="\\"), User.display_name.like(needle, escape="\\"))
             )
@@ -287,6 +267,7 @@ class Identity:
     async def refresh(self, refresh_token: str) -> TokenPair:
         token_hash = tokens.digest(refresh_token)
         now = utc_now()
+        next_refresh = tokens.new_refresh_token()
         async with self.db.transaction() as session:
             stored = await session.scalar(select(RefreshToken).where(RefreshToken.token_hash == token_hash))
             if stored is None:
@@ -307,6 +288,19 @@ class Identity:
                     .where(RefreshToken.family_id == stored.family_id, RefreshToken.revoked_at.is_(None))
                     .values(revoked_at=now)
                 )
+            else:
+                # Checked and issued in the claiming transaction (raising rolls the claim back): a successor
+                # stored after it would escape the family revocation of a concurrent reuse of this token.
+                if as_utc(stored.expires_at) <= now:
+                    raise NotAuthenticated(
+                        "the refresh token has expired", reason_code=ReasonCode.AUTH_EXPIRED
+                    )
+                user = await session.get(User, stored.user_id)
+                if user is None or not user.is_active:
+                    raise NotAuthenticated(
+                        "this account is disabled", reason_code=ReasonCode.ACCOUNT_DISABLED
+                    )
+                session.add(self._refresh_row(stored.user_id, stored.family_id, next_refresh, now))
         if reused:
             await self._sessions_revoked([stored.family_id])
             log.warning("refresh token reused; session revoked", family=stored.family_id)
@@ -314,12 +308,7 @@ class Identity:
                 "this refresh token was already used; the session is revoked",
                 reason_code=ReasonCode.REFRESH_REUSED,
             )
-        if _as_utc(stored.expires_at) <= now:
-            raise NotAuthenticated("the refresh token has expired", reason_code=ReasonCode.AUTH_EXPIRED)
-        user = await self.get_user(stored.user_id)
-        if not user.is_active:
-            raise NotAuthenticated("this account is disabled", reason_code=ReasonCode.ACCOUNT_DISABLED)
-        return await self._issue(user.id, family_id=stored.family_id)
+        return self._pair(stored.user_id, stored.family_id, next_refresh)
 
     async def logout(self, refresh_token: str | None, session_id: str | None, user_id: str) -> None:
         async with self.db.transaction() as session:
@@ -342,18 +331,21 @@ class Identity:
 
     async def _issue(self, user_id: str, family_id: str) -> TokenPair:
         refresh = tokens.new_refresh_token()
-        now = utc_now()
         async with self.db.transaction() as session:
-            session.add(
-                RefreshToken(
-                    id=tokens.new_id(),
-                    user_id=user_id,
-                    family_id=family_id,
-                    token_hash=tokens.digest(refresh),
-                    created_at=now,
-                    expires_at=now + timedelta(days=self.settings.refresh_token_ttl_days),
-                )
-            )
+            session.add(self._refresh_row(user_id, family_id, refresh, utc_now()))
+        return self._pair(user_id, family_id, refresh)
+
+    def _refresh_row(self, user_id: str, family_id: str, refresh: str, now: datetime) -> RefreshToken:
+        return RefreshToken(
+            id=tokens.new_id(),
+            user_id=user_id,
+            family_id=family_id,
+            token_hash=tokens.digest(refresh),
+            created_at=now,
+            expires_at=now + timedelta(days=self.settings.refresh_token_ttl_days),
+        )
+
+    def _pair(self, user_id: str, family_id: str, refresh: str) -> TokenPair:
         access, _ = tokens.issue_access_token(
             self.secret_key, user_id, family_id, self.settings.access_token_ttl_seconds
         )
@@ -385,7 +377,7 @@ class Identity:
         owner = await self.get_user(owner_id)
         if "admin" in scopes and owner.role != "admin":
             raise Forbidden("only an admin's key can have the admin scope", reason_code=ReasonCode.FORBIDDEN)
-        if expires_at is not None and _as_utc(expires_at) <= utc_now():
+        if expires_at is not None and as_utc(expires_at) <= utc_now():
             raise ValidationFailed(
                 "expires_at must be in the future",
                 details=[{"field": "body.expires_at", "message": "in the past"}],
@@ -473,7 +465,7 @@ class Identity:
                 "user_id": key.user_id,
                 "scopes": orjson.loads(key.scopes),
                 "rate_limit": key.rate_limit,
-                "expires_at": _as_utc(key.expires_at).timestamp() if key.expires_at else None,
+                "expires_at": as_utc(key.expires_at).timestamp() if key.expires_at else None,
                 "revoked": key.revoked_at is not None,
             }
             await self.cache.set(cache_key, state, ttl=self.settings.auth_cache_ttl)
