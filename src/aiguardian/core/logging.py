@@ -71,7 +71,12 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         tail = [redact_secrets]
 
     structlog.configure(
-        processors=[*shared, *tail, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            structlog.stdlib.filter_by_level,  # drop below-level events before any work is done on them
+            *shared,
+            *tail,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -45,10 +45,11 @@ async def current_principal(request: Request) -> Principal:
     credential = presented_credential(request)
     if credential is None:
         raise NotAuthenticated("send `Authorization: Bearer <token or API key>` or `X-API-Key: <key>`")
+    settings = get_runtime(request).settings
+    # Counted before the credential is checked, so made-up keys cannot hammer the database unlimited.
+    await enforce(request, settings.rate_limit_per_ip, f"ip:{client_ip(request)}")
     principal = await get_identity(request).authenticate(credential)
     request.state.actor = principal.actor
-    settings = get_runtime(request).settings
-    await enforce(request, settings.rate_limit_per_ip, f"ip:{client_ip(request)}")
     subject = f"key:{principal.key_id}" if principal.key_id else f"user:{principal.user_id}"
     await enforce(request, principal.rate_limit or settings.rate_limit_default, subject)
     return principal
