@@ -13,6 +13,7 @@ from aiguardian import __version__
 from aiguardian.audit import service as audit_service
 from aiguardian.audit.routes import router as audit_router
 from aiguardian.audit.writer import AuditWriter
+from aiguardian.content.routes import router as posts_router
 from aiguardian.core import metrics, migrate
 from aiguardian.core.bus import build_bus
 from aiguardian.core.cache import build_cache
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users_router)
     app.include_router(keys_router)
     app.include_router(audit_router)
+    app.include_router(posts_router)
 
     excluded = frozenset(settings.audit_exclude_paths)
 

@@ -48,6 +48,7 @@ class AuditWriter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._writing = asyncio.Lock()  # held while a batch is off the queue but not yet stored
 
     @property
     def depth(self) -> int:
@@ -90,19 +91,22 @@ class AuditWriter:
         while self._pending:
             if not await self.flush_once():
                 return
+        async with self._writing:  # and wait for a batch the background task is writing
+            pass
 
     async def flush_once(self) -> bool:
-        batch = [self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))]
-        if not batch:
+        async with self._writing:
+            batch = [self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))]
+            if not batch:
+                return True
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                self._pending.extendleft(reversed(batch))
+                log.warning("audit batch not written, will retry", rows=len(batch), error=type(exc).__name__)
+                return False
+            self.written += len(batch)
             return True
-        try:
-            await self._write(batch)
-        except Exception as exc:
-            self._pending.extendleft(reversed(batch))
-            log.warning("audit batch not written, will retry", rows=len(batch), error=type(exc).__name__)
-            return False
-        self.written += len(batch)
-        return True
 
     async def _run(self) -> None:
         backoff = self.flush_interval

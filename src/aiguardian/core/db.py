@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 
 from aiguardian.core.breaker import BreakerState, CircuitBreaker, CircuitOpenError
-from aiguardian.core.errors import DatabaseUnavailable
+from aiguardian.core.errors import DatabaseUnavailable, ValidationFailed
 from aiguardian.settings import Settings
 
 NAMING_CONVENTION = {
@@ -44,6 +44,14 @@ def is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError | OSError | TimeoutError)
+
+
+# PostgreSQL refuses some text outright (a NUL character, say): the value is the client's fault, not ours.
+_UNSTORABLE_TEXT = frozenset({"22021", "22P05"})  # character_not_in_repertoire, untranslatable_character
+
+
+def is_unstorable_text(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT
 
 
 class SQLiteProcessLock:
@@ -186,6 +194,10 @@ class Database:
                 failed = True
                 self.breaker.record_failure(exc)
                 raise DatabaseUnavailable() from exc
+            if is_unstorable_text(exc):
+                raise ValidationFailed(
+                    "a text value holds a character that cannot be stored (such as NUL)"
+                ) from exc
             raise
         except BaseException:
             # Cancelled (say, a probe's or a caller's timeout) before the database answered: that says

@@ -19,11 +19,18 @@ def decode_cursor(cursor: str) -> str:
         raise _bad_cursor() from None
 
 
+MAX_ROW_ID = 2**63 - 1
+
+
 def decode_int_cursor(cursor: str) -> int:
+    """A row-id cursor, within the range of a BIGINT column (PostgreSQL refuses anything larger)."""
     try:
-        return int(decode_cursor(cursor))
+        value = int(decode_cursor(cursor))
     except ValueError:
         raise _bad_cursor() from None
+    if not 0 < value <= MAX_ROW_ID:
+        raise _bad_cursor()
+    return value
 
 
 def _bad_cursor() -> ValidationFailed:

@@ -28,7 +28,9 @@ async def verify_password(password_hash: str | None, password: str) -> bool:
     return await asyncio.to_thread(check)
 
 
-def check_policy(password: str, *, min_length: int, email: str | None = None) -> None:
+def check_policy(
+    password: str, *, min_length: int, email: str | None = None, field: str = "password"
+) -> None:
     """Raise ``ValidationFailed`` naming the rule a new password breaks."""
     problems = []
     if len(password) < min_length:
@@ -42,5 +44,5 @@ def check_policy(password: str, *, min_length: int, email: str | None = None) ->
     if problems:
         raise ValidationFailed(
             "password must have " + ", ".join(problems),
-            details=[{"field": "body.password", "message": "; ".join(problems), "type": "password_policy"}],
+            details=[{"field": f"body.{field}", "message": "; ".join(problems), "type": "password_policy"}],
         )

@@ -97,6 +97,7 @@ async def login(
     request: Request, identity: IdentityDep, runtime: RuntimeDep, request_id: RequestId
 ) -> JSONResponse:
     settings = runtime.settings
+    audit(request, "auth.login")  # first, so attempts refused by a rate limit are audited as logins too
     await enforce(
         request,
         settings.login_rate_limit_per_ip,
@@ -112,7 +113,6 @@ async def login(
         f"login-account:{account}",
         ReasonCode.LOGIN_RATE_LIMITED,
     )
-    audit(request, "auth.login")
     user, pair = await identity.login(account, body.password)
     request.state.actor = f"user:{user.id}"
     audit(request, "auth.login", user.id)

@@ -238,10 +238,14 @@ class Identity:
         user = await self.get_user(user_id)
         if not await passwords.verify_password(user.password_hash, current):
             raise Forbidden("the current password is wrong", reason_code=ReasonCode.LOGIN_FAILED)
-        await self.set_password(user, new, keep_session=keep_session)
+        await self.set_password(user, new, keep_session=keep_session, field="new_password")
 
-    async def set_password(self, user: User, new: str, keep_session: str | None = None) -> None:
-        passwords.check_policy(new, min_length=self.settings.password_min_length, email=user.email)
+    async def set_password(
+        self, user: User, new: str, keep_session: str | None = None, field: str = "password"
+    ) -> None:
+        passwords.check_policy(
+            new, min_length=self.settings.password_min_length, email=user.email, field=field
+        )
         new_hash = await passwords.hash_password(new)
         async with self.db.transaction() as session:
             await session.execute(

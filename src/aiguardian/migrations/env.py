@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from aiguardian.migrations.autogen import include_name
 from aiguardian.models import metadata
 
 config = context.config
@@ -16,6 +17,7 @@ context.configure(
     target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    include_name=include_name,
 )
 with context.begin_transaction():
     context.run_migrations()

@@ -1,0 +1,1 @@
+"""Posts: authored content with tags, drafts and full-text search."""
