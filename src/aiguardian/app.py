@@ -25,6 +25,13 @@ from aiguardian.core.logging import configure_logging
 from aiguardian.core.middleware import RequestContextMiddleware, RequestRecord
 from aiguardian.core.ratelimit import RateLimiter
 from aiguardian.core.runtime import Runtime
+from aiguardian.gateway import deployments as gateway_deployments
+from aiguardian.gateway.providers.base import Provider
+from aiguardian.gateway.providers.demo import DemoProvider
+from aiguardian.gateway.providers.openai import OpenAIProvider
+from aiguardian.gateway.router import Router
+from aiguardian.gateway.routes import router as gateway_router
+from aiguardian.gateway.service import Gateway
 from aiguardian.identity.bootstrap import ensure_first_admin
 from aiguardian.identity.routes import auth_router, keys_router, users_router
 from aiguardian.identity.service import Identity
@@ -84,6 +91,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = Runtime(settings=settings, secrets=secrets, db=db, cache=cache, bus=bus, limiter=limiter)
         app.state.runtime = runtime
         app.state.identity = identity
+        router = Router(
+            gateway_deployments.configured(settings),
+            settings.fallbacks,
+            breaker_threshold=settings.deployment_breaker_threshold,
+            breaker_reset_seconds=settings.deployment_breaker_reset_seconds,
+        )
+        providers: dict[str, Provider] = {"openai": OpenAIProvider(), "demo": DemoProvider()}
+        app.state.gateway = Gateway(
+            router,
+            providers,
+            max_retries=settings.gateway_max_retries,
+            backoff_seconds=settings.gateway_retry_backoff_seconds,
+        )
         app.state.audit_writer = writer
         app.state.probes = [database_probe(db), cache_probe(cache), audit_service.writer_probe(writer)]
         gauge_key = f"app-{id(app)}"
@@ -94,6 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             metrics.LIVE.sources.pop(gauge_key, None)
             await writer.close()
+            for provider in providers.values():
+                await provider.close()
             await bus.close()
             await cache.close()
             await db.close()
@@ -111,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(ops_router)
+    app.include_router(gateway_router)
     app.include_router(auth_router)
     app.include_router(users_router)
     app.include_router(keys_router)

@@ -88,6 +88,22 @@ class Settings(BaseSettings):
         "10/minute", validation_alias=_names("login_rate_limit_per_account")
     )
 
+    deployments: list[dict[str, Any]] = Field(
+        default_factory=list, validation_alias=_names("deployments"), description="See README: Gateway."
+    )
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict, validation_alias=_names("fallbacks"))
+    demo_model_enabled: bool = Field(True, validation_alias=_names("demo_model_enabled"))
+    gateway_max_retries: int = Field(2, ge=0, le=10, validation_alias=_names("gateway_max_retries"))
+    gateway_retry_backoff_seconds: float = Field(
+        0.2, ge=0, le=30, validation_alias=_names("gateway_retry_backoff_seconds")
+    )
+    deployment_breaker_threshold: int = Field(
+        5, ge=1, validation_alias=_names("deployment_breaker_threshold")
+    )
+    deployment_breaker_reset_seconds: float = Field(
+        10.0, gt=0, validation_alias=_names("deployment_breaker_reset_seconds")
+    )
+
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, validation_alias=_names("max_body_bytes"))
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_names("cors_origins")
@@ -213,3 +229,10 @@ def _one_line(exc: ValidationError) -> str:
     shown = "" if "KEY" in env_name or "TOKEN" in env_name or isinstance(value, dict) else f" (got {value!r})"
     more = f"; and {len(exc.errors()) - 1} more" if len(exc.errors()) > 1 else ""
     return f"invalid setting {env_name}: {first['msg']}{shown}{more}"
+
+
+def secret_from_env(name: str) -> str | None:
+    """A provider key named in the config (``api_key_env``): read here, the one place that reads the
+    environment, so keys never sit in config files."""
+    value = os.environ.get(name)
+    return value if value else None

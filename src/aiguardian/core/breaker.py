@@ -38,6 +38,7 @@ class CircuitBreaker:
         self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
+        self._open_seconds = reset_seconds
         self._probing = False
         self.last_error: str | None = None
         self.times_opened = 0
@@ -46,7 +47,7 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         if self._opened_at is None:
             return BreakerState.CLOSED
-        if self._clock() - self._opened_at >= self.reset_seconds:
+        if self._clock() - self._opened_at >= self._open_seconds:
             return BreakerState.HALF_OPEN
         return BreakerState.OPEN
 
@@ -64,9 +65,19 @@ class CircuitBreaker:
             return
         raise CircuitOpenError(f"{self.name} circuit is open: {self.last_error or 'recent failures'}")
 
+    def open_for(self, seconds: float, reason: str) -> None:
+        """Open now for ``seconds`` (say, an upstream's ``Retry-After``), whatever the failure count."""
+        if self._opened_at is None:
+            self.times_opened += 1
+        self.last_error = reason
+        self._opened_at = self._clock()
+        self._open_seconds = max(seconds, 0.0)
+        self._probing = False
+
     def record_success(self) -> None:
         self._failures = 0
         self._opened_at = None
+        self._open_seconds = self.reset_seconds
         self._probing = False
         self.last_error = None
 
@@ -77,6 +88,7 @@ class CircuitBreaker:
             if self._opened_at is None:
                 self.times_opened += 1
             self._opened_at = self._clock()
+            self._open_seconds = self.reset_seconds
         self._probing = False
 
     def release_probe(self) -> None:

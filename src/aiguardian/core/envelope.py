@@ -65,3 +65,46 @@ def failure(
         "error": error,
         "metadata": {"request_id": request_id, "timestamp": utc_now_iso()},
     }
+
+
+OPENAI_PREFIX = "/v1/"
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_failure(
+    code: str, message: str, status: int, request_id: str, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error format, so every SDK raises its usual exception; ``code`` is our reason code."""
+    return {
+        "error": {
+            "message": message,
+            "type": _OPENAI_TYPES.get(status, "api_error"),
+            "param": param,
+            "code": code,
+            "trace_id": request_id,
+        }
+    }
+
+
+def error_body(
+    path: str,
+    status: int,
+    code: str,
+    message: str,
+    request_id: str,
+    details: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The error body this path's clients expect: OpenAI's format under ``/v1/``, else the envelope."""
+    if path.startswith(OPENAI_PREFIX):
+        param = str(details[0].get("field")) if details else None
+        return openai_failure(code, message, status, request_id, param)
+    return failure(code, message, request_id, details=details)

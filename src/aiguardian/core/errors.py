@@ -35,6 +35,12 @@ class ReasonCode(StrEnum):
     SCOPE_MISSING = "G2_scope_missing"
     REGISTRATION_CLOSED = "G2_registration_closed"
     LOGIN_RATE_LIMITED = "E4_login_rate_limited"
+    MODEL_NOT_FOUND = "U0_model_not_found"
+    UPSTREAM_UNAVAILABLE = "U1_upstream_unavailable"
+    UPSTREAM_TIMEOUT = "U1_upstream_timeout"
+    UPSTREAM_RATE_LIMITED = "U1_upstream_rate_limited"
+    UPSTREAM_REJECTED = "U2_upstream_rejected"
+    UPSTREAM_STREAM_BROKEN = "U3_upstream_stream_broken"
 
 
 class AIGError(Exception):
@@ -132,3 +138,15 @@ class AuditBacklog(ServiceUnavailable):
 
     reason_code = ReasonCode.AUDIT_BACKLOG
     message = "the audit log is not keeping up; retry shortly"
+
+
+class UpstreamFailed(AIGError):
+    """The model provider could not give an answer (after retries and fallbacks)."""
+
+    status_code = 502
+    reason_code = ReasonCode.UPSTREAM_UNAVAILABLE
+    message = "the model provider did not answer"
+
+    def __init__(self, message: str | None = None, *, status_code: int = 502, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.status_code = status_code

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from aiguardian.core.envelope import failure
+from aiguardian.core.envelope import error_body
 from aiguardian.core.errors import AIGError, ReasonCode
 
 _HTTP_REASONS = {
@@ -37,7 +37,7 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     request.state.reason_codes = [code]
-    body = failure(code, message, request_id(request), details=details)
+    body = error_body(request.url.path, status_code, code, message, request_id(request), details)
     return Response(
         orjson.dumps(body), status_code=status_code, headers=headers, media_type="application/json"
     )

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiguardian.core import metrics
 from aiguardian.core.clock import utc_now
-from aiguardian.core.envelope import failure
+from aiguardian.core.envelope import error_body
 from aiguardian.core.errors import AIGError, InternalError, PayloadTooLarge
 from aiguardian.core.ids import accept_request_id
 
@@ -48,8 +48,12 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def error_response_parts(error: AIGError, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    body = orjson.dumps(failure(error.reason_code.value, error.message, request_id, details=error.details))
+def error_response_parts(
+    error: AIGError, request_id: str, path: str
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    body = orjson.dumps(
+        error_body(path, error.status_code, error.reason_code.value, error.message, request_id, error.details)
+    )
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -84,6 +88,7 @@ class RequestContextMiddleware:
         request_id, session_id, content_length = self._read_headers(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        state["started"] = started
         structlog.contextvars.bind_contextvars(trace_id=request_id)
         id_header = (REQUEST_ID_HEADER, request_id.encode())
         response_started = False
@@ -97,7 +102,7 @@ class RequestContextMiddleware:
                 # The app caught our signal while parsing the body and answered 400; answer 413 instead.
                 too_large_error = PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
                 state["reason_codes"] = [too_large_error.reason_code.value]
-                status, headers, body = error_response_parts(too_large_error, request_id)
+                status, headers, body = error_response_parts(too_large_error, request_id, scope["path"])
                 response_started = True
                 status_code = status
                 await send(
@@ -136,7 +141,7 @@ class RequestContextMiddleware:
 
         async def refuse(error: AIGError) -> None:
             state["reason_codes"] = [error.reason_code.value]
-            status, headers, body = error_response_parts(error, request_id)
+            status, headers, body = error_response_parts(error, request_id, scope["path"])
             await send_with_id({"type": "http.response.start", "status": status, "headers": headers})
             await send_with_id({"type": "http.response.body", "body": body})
 
