@@ -77,7 +77,9 @@ def measure(name: str, url: str, requests: int, concurrency: int) -> tuple[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
@@ -116,7 +118,9 @@ def main() -> None:
         if mock is not None:
             mock.terminate()
             mock.wait(10)
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.requests} requests x {args.rounds} rounds")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.requests} requests x {args.rounds} rounds"
+    )
     print(f"{'client':8} {'conns':>5} {'req/s':>9} {'CPU ms per 1k req':>18}")
     summary: dict[tuple[str, int], tuple[float, float]] = {}
     for (name, concurrency), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -126,7 +130,9 @@ def main() -> None:
         print(f"{name:8} {concurrency:>5} {rps:>9.0f} {cpu:>18.1f}")
     for concurrency in (1, args.concurrency):
         (h_rps, h_cpu), (a_rps, a_cpu) = summary[("httpx", concurrency)], summary[("aiohttp", concurrency)]
-        print(f"aiohttp / httpx at {concurrency} conns: req/s x{a_rps / h_rps:.2f}, CPU per request x{a_cpu / h_cpu:.2f}")
+        print(
+            f"aiohttp / httpx at {concurrency} conns: req/s x{a_rps / h_rps:.2f}, CPU per request x{a_cpu / h_cpu:.2f}"
+        )
 
 
 if __name__ == "__main__":

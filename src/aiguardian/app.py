@@ -26,6 +26,9 @@ from aiguardian.core.middleware import RequestContextMiddleware, RequestRecord
 from aiguardian.core.ratelimit import RateLimiter
 from aiguardian.core.runtime import Runtime
 from aiguardian.gateway import deployments as gateway_deployments
+from aiguardian.gateway.admin_routes import router as deployments_router
+from aiguardian.gateway.manage import Deployments
+from aiguardian.gateway.providers.anthropic import AnthropicProvider
 from aiguardian.gateway.providers.base import Provider
 from aiguardian.gateway.providers.demo import DemoProvider
 from aiguardian.gateway.providers.openai import OpenAIProvider
@@ -38,6 +41,8 @@ from aiguardian.identity.service import Identity
 from aiguardian.ops.probes import cache_probe, database_probe
 from aiguardian.ops.routes import router as ops_router
 from aiguardian.settings import Settings, load_settings
+from aiguardian.usage.routes import budgets_router, usage_router
+from aiguardian.usage.service import UsageService
 
 log = structlog.get_logger("aiguardian")
 
@@ -88,24 +93,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             spool_path=settings.data_dir / "audit-spool.jsonl",
         )
         await writer.start()
+        usage = UsageService(settings, db, bus)
+        await usage.start()
+        app.state.usage = usage
         runtime = Runtime(settings=settings, secrets=secrets, db=db, cache=cache, bus=bus, limiter=limiter)
         app.state.runtime = runtime
         app.state.identity = identity
+        configured = gateway_deployments.configured(settings)
         router = Router(
-            gateway_deployments.configured(settings),
+            configured,
             settings.fallbacks,
             breaker_threshold=settings.deployment_breaker_threshold,
             breaker_reset_seconds=settings.deployment_breaker_reset_seconds,
         )
-        providers: dict[str, Provider] = {"openai": OpenAIProvider(), "demo": DemoProvider()}
+        providers: dict[str, Provider] = {
+            "openai": OpenAIProvider(),
+            "anthropic": AnthropicProvider(),
+            "demo": DemoProvider(),
+        }
         app.state.gateway = Gateway(
             router,
             providers,
             max_retries=settings.gateway_max_retries,
             backoff_seconds=settings.gateway_retry_backoff_seconds,
         )
+        deployments = Deployments(settings, db, bus, router, configured=configured, providers=set(providers))
+        await deployments.start()
+        app.state.deployments = deployments
         app.state.audit_writer = writer
-        app.state.probes = [database_probe(db), cache_probe(cache), audit_service.writer_probe(writer)]
+        app.state.probes = [
+            database_probe(db),
+            cache_probe(cache),
+            audit_service.writer_probe(writer),
+            deployments.probe(),
+        ]
         gauge_key = f"app-{id(app)}"
         metrics.LIVE.sources[gauge_key] = lambda: _live_gauges(runtime, writer)
         log.info("ready", version=__version__, database=db.backend, cache=cache.mode)
@@ -114,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             metrics.LIVE.sources.pop(gauge_key, None)
             await writer.close()
+            await deployments.close()
             for provider in providers.values():
                 await provider.close()
             await bus.close()
@@ -134,11 +156,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops_router)
     app.include_router(gateway_router)
+    app.include_router(deployments_router)
     app.include_router(auth_router)
     app.include_router(users_router)
     app.include_router(keys_router)
     app.include_router(audit_router)
     app.include_router(posts_router)
+    app.include_router(usage_router)
+    app.include_router(budgets_router)
 
     excluded = frozenset(settings.audit_exclude_paths)
 

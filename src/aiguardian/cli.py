@@ -330,6 +330,9 @@ def admin_create_key(
     rate_limit: Annotated[
         str | None, typer.Option(help="For example 60/minute; default from settings.")
     ] = None,
+    secret: Annotated[
+        str | None, typer.Option(help="Import this secret instead of generating one (12-200 characters).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Create an API key and print it (it is shown once; only its hash is stored)."""
@@ -351,17 +354,17 @@ def admin_create_key(
             user = await identity.find_user_by_email(email)
             if user is None:
                 return None
-            _, secret = await identity.create_key(user.id, name, wanted, rate_limit=rate_limit)
-            return secret
+            _, made = await identity.create_key(user.id, name, wanted, rate_limit=rate_limit, secret=secret)
+            return made
 
     try:
-        secret = _run(create)
+        made = _run(create)
     except AIGError as exc:
         raise _fail(exc.message) from None
-    if secret is None:
+    if made is None:
         raise _fail(f"no account with email {email}")
     console.print(f"API key for {email} (scopes {','.join(wanted)}); shown once:", highlight=False)
-    typer.echo(secret)
+    typer.echo(made)
 
 
 def _describe_db(settings: Settings) -> str:

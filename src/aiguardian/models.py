@@ -3,8 +3,22 @@
 from aiguardian.audit.models import AuditRecord
 from aiguardian.content.models import Post, PostTag
 from aiguardian.core.db import Base
+from aiguardian.gateway.models import ManagedDeployment
 from aiguardian.identity.models import ApiKey, RefreshToken, User
+from aiguardian.usage.models import Budget, BudgetCounter, UsageRecord
 
 metadata = Base.metadata
 
-__all__ = ["ApiKey", "AuditRecord", "Post", "PostTag", "RefreshToken", "User", "metadata"]
+__all__ = [
+    "ApiKey",
+    "AuditRecord",
+    "Budget",
+    "BudgetCounter",
+    "ManagedDeployment",
+    "Post",
+    "PostTag",
+    "RefreshToken",
+    "UsageRecord",
+    "User",
+    "metadata",
+]

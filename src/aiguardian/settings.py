@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -103,6 +104,13 @@ class Settings(BaseSettings):
     deployment_breaker_reset_seconds: float = Field(
         10.0, gt=0, validation_alias=_names("deployment_breaker_reset_seconds")
     )
+    deployment_probe_interval_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=86400,
+        validation_alias=_names("deployment_probe_interval_seconds"),
+        description="Seconds between active health probes of OpenAI-compatible deployments; 0 turns them off.",
+    )
 
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, validation_alias=_names("max_body_bytes"))
     cors_origins: Annotated[list[str], NoDecode] = Field(
@@ -121,6 +129,20 @@ class Settings(BaseSettings):
         default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
         validation_alias=_names("audit_exclude_paths"),
     )
+
+    usage_batch_size: int = Field(500, ge=1, validation_alias=_names("usage_batch_size"))
+    usage_flush_interval: float = Field(0.5, gt=0, validation_alias=_names("usage_flush_interval"))
+    usage_queue_max: int = Field(100_000, ge=100, validation_alias=_names("usage_queue_max"))
+    prices: dict[str, dict[str, Decimal]] = Field(
+        default_factory=dict,
+        validation_alias=_names("prices"),
+        description="Per-model price overrides: {model: {input_per_mtok, output_per_mtok}} in USD.",
+    )
+    usage_max_completion_tokens: int = Field(
+        4096, ge=1, validation_alias=_names("usage_max_completion_tokens")
+    )
+    context_overflow: Literal["refuse", "trim"] = Field("refuse", validation_alias=_names("context_overflow"))
+    budget_cache_ttl: float = Field(30.0, gt=0, validation_alias=_names("budget_cache_ttl"))
 
     @field_validator("cors_origins", "audit_exclude_paths", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -21,6 +22,8 @@ from sqlalchemy.orm import DeclarativeBase
 from aiguardian.core.breaker import BreakerState, CircuitBreaker, CircuitOpenError
 from aiguardian.core.errors import DatabaseUnavailable, ValidationFailed
 from aiguardian.settings import Settings
+
+log = structlog.get_logger("aiguardian.db")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -39,10 +42,16 @@ class SQLiteInUseError(Exception):
     """A second process tried to serve the same SQLite file."""
 
 
+# SQLite reports a wrong query as an OperationalError too; those say nothing about the database's health.
+_QUERY_MISTAKES = ("no such table", "no such column", "syntax error", "has no column")
+
+
 def is_connection_error(exc: BaseException) -> bool:
     """True when the failure says the database is unreachable, not that the query was wrong."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
+    if isinstance(exc, OperationalError) and any(m in str(exc.orig) for m in _QUERY_MISTAKES):
+        return False
     return isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError | OSError | TimeoutError)
 
 
@@ -193,6 +202,12 @@ class Database:
             if is_connection_error(exc):
                 failed = True
                 self.breaker.record_failure(exc)
+                log.warning(
+                    "database call failed",
+                    error=self.breaker.last_error,
+                    breaker=self.breaker.state.value,
+                    failures=self.breaker.consecutive_failures,
+                )
                 raise DatabaseUnavailable() from exc
             if is_unstorable_text(exc):
                 raise ValidationFailed(

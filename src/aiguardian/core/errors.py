@@ -34,6 +34,7 @@ class ReasonCode(StrEnum):
     FORBIDDEN = "G2_forbidden"
     SCOPE_MISSING = "G2_scope_missing"
     REGISTRATION_CLOSED = "G2_registration_closed"
+    MODEL_NOT_ALLOWED = "G2_model_not_allowed"
     LOGIN_RATE_LIMITED = "E4_login_rate_limited"
     MODEL_NOT_FOUND = "U0_model_not_found"
     UPSTREAM_UNAVAILABLE = "U1_upstream_unavailable"
@@ -41,6 +42,9 @@ class ReasonCode(StrEnum):
     UPSTREAM_RATE_LIMITED = "U1_upstream_rate_limited"
     UPSTREAM_REJECTED = "U2_upstream_rejected"
     UPSTREAM_STREAM_BROKEN = "U3_upstream_stream_broken"
+    # Named by the TokenGuard issue, without a letter group: clients were promised these exact strings.
+    TOKEN_BUDGET_EXCEEDED = "TOKEN_BUDGET_EXCEEDED"  # noqa: S105 (a reason code, not a secret)
+    TOKEN_CONTEXT_EXCEEDED = "TOKEN_CONTEXT_EXCEEDED"  # noqa: S105
 
 
 class AIGError(Exception):

@@ -24,7 +24,12 @@ def request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
-RequestId = Annotated[str, Depends(request_id)]
+async def _request_id_dependency(request: Request) -> str:
+    # Dependencies are async on purpose: FastAPI runs a plain `def` dependency in a worker thread.
+    return str(request.state.request_id)
+
+
+RequestId = Annotated[str, Depends(_request_id_dependency)]
 
 
 def error_response(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import structlog
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 log = structlog.get_logger("aiguardian.ratelimit")
 
@@ -39,8 +39,8 @@ def parse_limit(text: str) -> RateLimitItem:
 
 class RateLimiter:
     def __init__(self, redis_url: str | None, namespace: str, retry_seconds: float = 2.0) -> None:
-        self._memory = MovingWindowRateLimiter(MemoryStorage())
-        self._shared: MovingWindowRateLimiter | None = None
+        self._memory = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._shared: SlidingWindowCounterRateLimiter | None = None
         if redis_url:
             storage: Storage = RedisStorage(
                 "async+" + redis_url,
@@ -49,7 +49,7 @@ class RateLimiter:
                 socket_timeout=1,
                 socket_connect_timeout=1,
             )
-            self._shared = MovingWindowRateLimiter(storage)
+            self._shared = SlidingWindowCounterRateLimiter(storage)
         self._retry_seconds = retry_seconds
         self._shared_down_until = 0.0
         self._parsed: dict[str, RateLimitItem] = {}

@@ -20,6 +20,7 @@ class DeploymentHealth:
     latency_ms_ewma: float | None = None
     last_error: str | None = None
     last_success_at: float | None = None
+    rate_limited_until: float | None = None  # time.monotonic() before which the provider asked us to wait
     recent: list[bool] = field(default_factory=list)
 
     def observe(self, ok: bool, latency_ms: float | None) -> None:

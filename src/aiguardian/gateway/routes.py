@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
+import anyio
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from aiguardian.core.errors import ReasonCode
+from aiguardian.core.errors import AIGError, ReasonCode
 from aiguardian.gateway.deployments import DEMO_MODEL
 from aiguardian.gateway.schemas import ChatCompletionRequest, EmbeddingsRequest, ModelCard, ModelList
 from aiguardian.gateway.service import Gateway, Outcome, StreamUsage
-from aiguardian.identity.auth import require_scope
+from aiguardian.identity.auth import check_model, require_scope
 from aiguardian.identity.service import Principal
+from aiguardian.usage import tokens
+from aiguardian.usage.routes import UsageDep
+from aiguardian.usage.service import Call, UsageService
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 
 Chatter = Annotated[Principal, Depends(require_scope("chat"))]
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
 
@@ -47,58 +52,214 @@ def _stream_error(message: str) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
+class SettlingStreamingResponse(StreamingResponse):
+    """Runs ``on_close`` however the response ends: finished, failed, or the client gone before the first
+    byte (when the body generator never starts, so its own ``finally`` never runs)."""
+
+    def __init__(self, *args: Any, on_close: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.on_close()
+
+
+def _streamed_text(chunks: list[bytes]) -> str:
+    """The answer's text from the SSE chunks relayed, to count its tokens when no usage came."""
+    parts: list[str] = []
+    for event in b"".join(chunks).split(b"\n\n"):
+        if not event.startswith(b"data: {"):
+            continue
+        try:
+            parsed = orjson.loads(event[6:])
+        except orjson.JSONDecodeError:
+            continue
+        for choice in parsed.get("choices") or []:
+            content = (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
+            if isinstance(content, str):
+                parts.append(content)
+    return "".join(parts)
+
+
+def _answer_text(body: dict[str, Any] | None) -> str:
+    parts = []
+    for choice in (body or {}).get("choices") or []:
+        content = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+    return "".join(parts)
+
+
+async def _admit(
+    request: Request,
+    principal: Principal,
+    gateway: Gateway,
+    usage: UsageService,
+    payload: dict[str, Any],
+    *,
+    kind: str,
+    stream: bool = False,
+) -> Call:
+    """Size the request, check the context window, reserve its maximum cost. A refusal gets its ledger
+    row (status ``blocked``) before it is raised; nothing has been sent upstream."""
+    model = payload["model"]
+    plan = gateway.router.plan(model)
+    candidates: list[tuple[str, str]] = [(d.provider, d.upstream_model) for d in plan]
+    ids = {"trace_id": request.state.request_id, "user_id": principal.user_id, "key_id": principal.key_id}
+    try:
+        if kind == "chat":
+            own = [d for d in plan if d.model == model]
+            window = usage.context_window(model, [d.context_window for d in own], candidates[: len(own)])
+            prompt = await usage.fit_messages(payload["messages"], window)
+            completion = usage.max_completion(payload, prompt, window)
+        else:
+            prompt, completion = await tokens.count_input_async(payload.get("input")), 0
+        return await usage.admit(
+            **ids,
+            model=model,
+            stream=stream,
+            prompt_tokens=prompt,
+            max_completion=completion,
+            candidates=candidates,
+        )
+    except AIGError:
+        await usage.blocked(**ids, model=model, stream=stream)
+        raise
+
+
+def _usage_headers(call: Call) -> dict[str, str]:
+    headers = {"X-AIG-Cost": str(call.cost)}
+    if call.warnings:
+        headers["X-AIG-Budget-Warning"] = ",".join(call.warnings)
+    return headers
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, principal: Chatter, gateway: GatewayDep
+    body: ChatCompletionRequest, request: Request, principal: Chatter, gateway: GatewayDep, usage: UsageDep
 ) -> Response:
     payload = body.model_dump(exclude_none=True)
     request.state.audit_action = "gateway.chat"
     request.state.audit_target = body.model
+    check_model(principal, body.model)  # first: a key limited to some models must not probe for others
+    if not gateway.router.knows(body.model):
+        await gateway.chat(payload)  # raises the gateway's own "no such model"
+    call = await _admit(request, principal, gateway, usage, payload, kind="chat", stream=body.stream)
     if not body.stream:
-        outcome = await gateway.chat(payload)
+        try:
+            outcome = await gateway.chat(payload)
+        except BaseException:
+            await usage.finish(call, status="error")
+            raise
+        deployment = outcome.deployment
+        await usage.finish(
+            call,
+            status="ok",
+            usage=outcome.usage,
+            completion_text=_answer_text(outcome.body) if outcome.usage is None else None,
+            deployment=deployment.id,
+            provider=deployment.provider,
+            upstream_model=deployment.upstream_model,
+        )
         return Response(
             orjson.dumps(outcome.body),
             media_type="application/json",
-            headers=gateway_headers(request, outcome),
+            headers={**gateway_headers(request, outcome), **_usage_headers(call)},
         )
 
     client_wants_usage = bool((body.stream_options or {}).get("include_usage"))
     payload["stream_options"] = {**(body.stream_options or {}), "include_usage": True}
-    outcome, first, stream = await gateway.open_stream(payload)
-    usage = StreamUsage(client_wants_usage)
+    try:
+        outcome, first, stream = await gateway.open_stream(payload)
+    except BaseException:
+        await usage.finish(call, status="error")
+        raise
+    usage_reader = StreamUsage(client_wants_usage)
+    relayed: list[bytes] = []
+    completed = False
+
+    async def settle() -> None:
+        await stream.aclose()
+        deployment = outcome.deployment
+        await usage.finish(
+            call,
+            status="ok" if completed else "error",  # broken upstream, or the client went away
+            charge=True,
+            usage=usage_reader.usage,
+            completion_text=_streamed_text(relayed) if usage_reader.usage is None else None,
+            deployment=deployment.id,
+            provider=deployment.provider,
+            upstream_model=deployment.upstream_model,
+        )
 
     async def relay() -> AsyncIterator[bytes]:
+        nonlocal completed
         try:
-            head = usage.feed(first)
+            relayed.append(first)
+            head = usage_reader.feed(first)
             if head:
                 yield head
             async for chunk in stream:
-                out = usage.feed(chunk)
+                relayed.append(chunk)
+                out = usage_reader.feed(chunk)
                 if out:
                     yield out
-            rest = usage.flush()
+            rest = usage_reader.flush()
             if rest:
                 yield rest
+            completed = True
         except Exception as exc:
             yield _stream_error(f"the upstream stream broke: {getattr(exc, 'message', type(exc).__name__)}")
         finally:
-            await stream.aclose()
-            outcome.usage = usage.usage
+            outcome.usage = usage_reader.usage
+            with anyio.CancelScope(shield=True):
+                await settle()
+        # The cost is known only now: an SSE comment (clients skip comments) carries it.
+        yield f": X-AIG-Cost {call.cost}\n\n".encode()
 
     headers = gateway_headers(request, outcome)
     headers["Cache-Control"] = "no-cache"
-    return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
+    if call.warnings:
+        headers["X-AIG-Budget-Warning"] = ",".join(call.warnings)
+    headers["X-AIG-Cost-Reserved"] = str(call.reserved_cost)
+    return SettlingStreamingResponse(
+        relay(), media_type="text/event-stream", headers=headers, on_close=settle
+    )
 
 
 @router.post("/embeddings", response_model=None)
 async def embeddings(
-    body: EmbeddingsRequest, request: Request, principal: Chatter, gateway: GatewayDep
+    body: EmbeddingsRequest, request: Request, principal: Chatter, gateway: GatewayDep, usage: UsageDep
 ) -> Response:
     request.state.audit_action = "gateway.embeddings"
     request.state.audit_target = body.model
-    outcome = await gateway.embeddings(body.model_dump(exclude_none=True))
+    check_model(principal, body.model)  # first: a key limited to some models must not probe for others
+    payload = body.model_dump(exclude_none=True)
+    if not gateway.router.knows(body.model):
+        await gateway.embeddings(payload)
+    call = await _admit(request, principal, gateway, usage, payload, kind="embeddings")
+    try:
+        outcome = await gateway.embeddings(payload)
+    except BaseException:
+        await usage.finish(call, status="error")
+        raise
+    deployment = outcome.deployment
+    await usage.finish(
+        call,
+        status="ok",
+        usage=outcome.usage,
+        deployment=deployment.id,
+        provider=deployment.provider,
+        upstream_model=deployment.upstream_model,
+    )
     return Response(
-        orjson.dumps(outcome.body), media_type="application/json", headers=gateway_headers(request, outcome)
+        orjson.dumps(outcome.body),
+        media_type="application/json",
+        headers={**gateway_headers(request, outcome), **_usage_headers(call)},
     )
 
 
@@ -106,6 +267,8 @@ async def embeddings(
 async def models(principal: Chatter, gateway: GatewayDep) -> dict[str, Any]:
     cards = []
     for name in gateway.router.models():
+        if not principal.may_use(name):
+            continue
         owner = "aiguardian-demo (offline, no LLM is called)" if name == DEMO_MODEL else "aiguardian"
         cards.append(ModelCard(id=name, owned_by=owner).model_dump())
     return {"object": "list", "data": cards}

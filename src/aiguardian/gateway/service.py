@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -29,24 +32,48 @@ class Outcome:
     usage: dict[str, Any] | None = None
 
 
-def _failure(error: UpstreamError | None, model: str) -> UpstreamFailed:
+def _retry_after(seconds: float | None) -> dict[str, str]:
+    # Whole seconds, rounded up: "Retry-After: 0" would invite the client straight back.
+    return {"Retry-After": str(max(1, math.ceil(seconds or 1)))}
+
+
+def _failure(
+    error: UpstreamError | None, model: str, rate_limited_for: float | None = None
+) -> UpstreamFailed:
     if error is None:
+        if rate_limited_for is not None:  # nothing tried: the provider asked us to wait
+            return UpstreamFailed(
+                f"the provider is rate limiting {model}; retry later",
+                status_code=429,
+                reason_code=ReasonCode.UPSTREAM_RATE_LIMITED,
+                headers=_retry_after(rate_limited_for),
+            )
         return UpstreamFailed(f"no deployment of {model} is available right now", status_code=503)
     if error.status == 429:
-        headers = {"Retry-After": str(int(error.retry_after or 1))}
         return UpstreamFailed(
             f"the provider is rate limiting: {error.message}",
             status_code=429,
             reason_code=ReasonCode.UPSTREAM_RATE_LIMITED,
-            headers=headers,
+            headers=_retry_after(error.retry_after),
         )
     if error.status == 504:
         return UpstreamFailed(error.message, status_code=504, reason_code=ReasonCode.UPSTREAM_TIMEOUT)
+    if error.status in (401, 403, 407):
+        # The provider refused the gateway's own credentials: passed on as 401/403, every SDK would tell
+        # the caller that *their* key is wrong.
+        return UpstreamFailed(f"the provider refused this deployment's credentials ({error.status})")
     if not error.retryable and 400 <= error.status < 500:
         return UpstreamFailed(
             error.message, status_code=error.status, reason_code=ReasonCode.UPSTREAM_REJECTED
         )
     return UpstreamFailed(f"the provider failed: {error.message}", status_code=502)
+
+
+def _scrub(error: UpstreamError, deployment: Deployment) -> UpstreamError:
+    """Some upstreams quote the key they were sent in their error message; it goes no further."""
+    if deployment.api_key and deployment.api_key in error.message:
+        error.message = error.message.replace(deployment.api_key, "[redacted]")
+    return error
 
 
 class Gateway:
@@ -85,11 +112,13 @@ class Gateway:
             yield attempt, deployment
 
     def _failed(self, deployment: Deployment, error: UpstreamError, latency_ms: float) -> None:
+        _scrub(error, deployment)
         health = self.router.health[deployment.id]
         health.observe(False, latency_ms)
         health.last_error = f"{error.status}: {error.message}"[:300]
         if error.status == 429 and error.retry_after:
             health.breaker.open_for(error.retry_after, "429 rate limited by the provider")
+            health.rate_limited_until = time.monotonic() + error.retry_after
         elif error.retryable:
             health.breaker.record_failure(health.last_error)
         else:
@@ -106,6 +135,25 @@ class Gateway:
         health = self.router.health[deployment.id]
         health.observe(True, latency_ms)
         health.breaker.record_success()
+        health.rate_limited_until = None
+
+    def _abandoned(self, deployment: Deployment) -> None:
+        """The call ended without an answer from the provider (cancelled, or a bug of ours): if it was
+        the breaker's one half-open probe, let the next request probe instead of none ever again."""
+        health = self.router.health.get(deployment.id)
+        if health is not None:
+            health.breaker.release_probe()
+
+    def _rate_limited_for(self, model: str) -> float | None:
+        """Seconds until the soonest deployment of ``model`` (or its fallbacks) that the provider told to
+        wait may be tried again; None when none is waiting on a rate limit."""
+        now = time.monotonic()
+        waits = [
+            until - now
+            for d in self.router.plan(model)
+            if (until := self.router.health[d.id].rate_limited_until) is not None and until > now
+        ]
+        return min(waits) if waits else None
 
     async def chat(self, payload: dict[str, Any]) -> Outcome:
         return await self._call(payload, "chat")
@@ -134,6 +182,9 @@ class Gateway:
                 if not error.retryable:
                     break
                 continue
+            except BaseException:
+                self._abandoned(deployment)
+                raise
             took = (time.perf_counter() - started) * 1000
             self._succeeded(deployment, took)
             body["model"] = model
@@ -141,7 +192,7 @@ class Gateway:
             return Outcome(
                 deployment, attempts, spent + took, body, usage if isinstance(usage, dict) else None
             )
-        raise _failure(last, model)
+        raise _failure(last, model, self._rate_limited_for(model) if last is None else None)
 
     async def open_stream(self, payload: dict[str, Any]) -> tuple[Outcome, bytes, AsyncGenerator[bytes]]:
         """Start a stream: retries and fallbacks apply until the first chunk arrives; after that the chunks
@@ -150,14 +201,18 @@ class Gateway:
         last: UpstreamError | None = None
         spent = 0.0
         async for attempts, deployment in self._attempts(model):
-            stream: AsyncGenerator[bytes] = self.providers[deployment.provider].stream_chat(
+            upstream: AsyncGenerator[bytes] = self.providers[deployment.provider].stream_chat(
                 deployment, payload
             )  # type: ignore[assignment]
+            stream = whole_events(upstream, deployment.upstream_model, model)
             started = time.perf_counter()
             try:
-                first = await stream.__anext__()
-            except StopAsyncIteration:
-                first = b""
+                try:
+                    first = await stream.__anext__()
+                except StopAsyncIteration:
+                    raise UpstreamError(
+                        502, "the upstream ended the stream before any event", retryable=True
+                    ) from None
             except UpstreamError as error:
                 took = (time.perf_counter() - started) * 1000
                 spent += took
@@ -166,15 +221,59 @@ class Gateway:
                 if not error.retryable:
                     break
                 continue
+            except BaseException:
+                self._abandoned(deployment)
+                raise
             took = (time.perf_counter() - started) * 1000
             self._succeeded(deployment, took)
             return Outcome(deployment, attempts, spent + took), first, stream
-        raise _failure(last, model)
+        raise _failure(last, model, self._rate_limited_for(model) if last is None else None)
+
+
+# An SSE event ends with a blank line; lines end with LF, CRLF or CR.
+_EVENT_END = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
+
+
+def _events_end(data: bytes) -> int:
+    """Where the last whole event in ``data`` ends (0: no event is whole yet)."""
+    end = 0
+    for separator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+        at = data.rfind(separator)
+        if at >= 0:
+            end = max(end, at + len(separator))
+    return end
+
+
+async def whole_events(
+    stream: AsyncGenerator[bytes], upstream_model: str, model: str
+) -> AsyncGenerator[bytes]:
+    """The provider's bytes regrouped into whole SSE events (the network splits them anywhere), each
+    naming the model the client asked for, as non-streamed answers do, rather than the provider's name."""
+    rename = None
+    if upstream_model != model:
+        pattern = re.compile(rb'("model"\s*:\s*)' + re.escape(orjson.dumps(upstream_model)))
+        name = orjson.dumps(model)
+        rename = functools.partial(pattern.sub, lambda m: m.group(1) + name)
+    pending = b""
+    try:
+        async for chunk in stream:
+            data = pending + chunk if pending else chunk
+            end = _events_end(data)
+            whole, pending = data[:end], data[end:]
+            if whole:
+                yield rename(whole) if rename else whole
+        if pending:  # a last event without its blank line
+            yield rename(pending) if rename else pending
+    finally:
+        await stream.aclose()
 
 
 class StreamUsage:
-    """Reads usage from the SSE lines going by, and drops the usage-only chunk when the client did not ask
-    for it (an empty ``choices`` list would trip clients that index ``choices[0]``)."""
+    """Reads usage from the SSE events going by, and drops the usage-only chunk when the client did not ask
+    for it (an empty ``choices`` list would trip clients that index ``choices[0]``).
+
+    Chunks from the network split events anywhere (inside ``"usage"`` too), so only whole events are passed
+    on; the unfinished tail of a chunk waits for the next one."""
 
     def __init__(self, client_wants_usage: bool) -> None:
         self.client_wants_usage = client_wants_usage
@@ -182,23 +281,24 @@ class StreamUsage:
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        if b'"usage"' not in chunk and not self._pending:
-            return chunk
-        data = self._pending + chunk
-        events = data.split(b"\n\n")
-        self._pending = events.pop()  # an incomplete event waits for the next chunk
+        data = self._pending + chunk if self._pending else chunk
+        end = _events_end(data)
+        whole, self._pending = data[:end], data[end:]
+        if b'"usage"' not in whole:
+            return whole
         kept = []
-        for event in events:
-            if b'"usage"' in event and event.startswith(b"data: {"):
+        parts = _EVENT_END.split(whole)  # event, separator, event, separator, ..., ""
+        for event, separator in zip(parts[::2], parts[1::2], strict=False):
+            if b'"usage"' in event and event.startswith(b"data:"):
                 try:
-                    parsed = orjson.loads(event[6:])
+                    parsed = orjson.loads(event[5:])
                 except orjson.JSONDecodeError:
                     parsed = None
                 if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
                     self.usage = parsed["usage"]
                     if not parsed.get("choices") and not self.client_wants_usage:
                         continue
-            kept.append(event + b"\n\n")
+            kept.append(event + separator)
         return b"".join(kept)
 
     def flush(self) -> bytes:

@@ -19,7 +19,12 @@ def get_identity(request: Request) -> Identity:
     return identity
 
 
-IdentityDep = Annotated[Identity, Depends(get_identity)]
+async def _identity_dependency(request: Request) -> Identity:
+    # Dependencies are async on purpose: FastAPI runs a plain `def` dependency in a worker thread.
+    return get_identity(request)
+
+
+IdentityDep = Annotated[Identity, Depends(_identity_dependency)]
 
 
 def client_ip(request: Request) -> str:
@@ -67,6 +72,14 @@ def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
         return principal
 
     return check
+
+
+def check_model(principal: Principal, model: str) -> None:
+    """Refuse a model the credential may not use (an API key made with ``models``)."""
+    if not principal.may_use(model):
+        raise Forbidden(
+            f"this API key may not use the model `{model}`", reason_code=ReasonCode.MODEL_NOT_ALLOWED
+        )
 
 
 async def require_admin(principal: CurrentPrincipal) -> Principal:

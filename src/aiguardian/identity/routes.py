@@ -274,6 +274,10 @@ async def create_key(
         raise Forbidden("only admins make keys for other users")
     if not set(body.scopes) <= principal.scopes:
         raise Forbidden("a key cannot have scopes its maker lacks", reason_code=ReasonCode.SCOPE_MISSING)
+    if principal.models is not None and (body.models is None or not set(body.models) <= principal.models):
+        raise Forbidden(
+            "a key cannot use models its maker may not use", reason_code=ReasonCode.MODEL_NOT_ALLOWED
+        )
     key, secret = await identity.create_key(
         owner,
         body.name,
@@ -281,6 +285,7 @@ async def create_key(
         expires_at=body.expires_at,
         rate_limit=body.rate_limit,
         created_by=principal.user_id,
+        models=body.models,
     )
     audit(request, "key.create", key.id)
     return ok(KeyCreated(**key_out(key).model_dump(), key=secret), request_id)

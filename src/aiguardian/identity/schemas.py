@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
@@ -83,6 +83,8 @@ class RoleUpdate(Strict):
     role: Role
 
 
+ModelName = Annotated[str, Field(min_length=1, max_length=200)]
+
 RATE_LIMIT_PATTERN = r"^\d{1,9}\s*(/|per)\s*(\d{1,6}\s*)?(second|minute|hour|day)s?$"
 
 
@@ -94,6 +96,9 @@ class KeyCreate(Strict):
         None, max_length=64, pattern=RATE_LIMIT_PATTERN, description="For example `60/minute`."
     )
     user_id: str | None = Field(None, max_length=32, description="Admins only: make the key for this user.")
+    models: list[ModelName] | None = Field(
+        None, max_length=500, description="The models this key may use; omit or null for every model."
+    )
 
 
 class KeyOut(BaseModel):
@@ -102,6 +107,7 @@ class KeyOut(BaseModel):
     name: str
     prefix: str
     scopes: list[str]
+    models: list[str] | None
     rate_limit: str | None
     created_at: str
     expires_at: str | None

@@ -52,10 +52,14 @@ class Principal:
     key_id: str | None = None
     rate_limit: str | None = None
     session_id: str | None = None
+    models: frozenset[str] | None = None  # the models an API key may use; None: every model
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
 
     @property
     def actor(self) -> str:
@@ -81,11 +85,16 @@ def key_out(key: ApiKey) -> KeyOut:
         name=key.name,
         prefix=key.prefix,
         scopes=orjson.loads(key.scopes),
+        models=_models(key.models),
         rate_limit=key.rate_limit,
         created_at=iso(key.created_at),
         expires_at=iso(key.expires_at) if key.expires_at else None,
         revoked_at=iso(key.revoked_at) if key.revoked_at else None,
     )
+
+
+def _models(stored: str | None) -> list[str] | None:
+    return None if stored is None else list(orjson.loads(stored))
 
 
 class Identity:
@@ -377,8 +386,17 @@ class Identity:
         expires_at: datetime | None = None,
         rate_limit: str | None = None,
         created_by: str | None = None,
+        models: list[str] | None = None,
+        secret: str | None = None,
     ) -> tuple[ApiKey, str]:
+        """Make a key. ``secret`` imports an existing one (say, keys clients already hold when moving
+        from another gateway); otherwise a new ``aig_`` secret is generated."""
         owner = await self.get_user(owner_id)
+        if secret is not None and (len(secret) < 12 or len(secret) > 200 or tokens.looks_like_jwt(secret)):
+            raise ValidationFailed(
+                "an imported key must be 12 to 200 characters and not look like a JWT",
+                details=[{"field": "secret", "message": "unusable"}],
+            )
         if "admin" in scopes and owner.role != "admin":
             raise Forbidden("only an admin's key can have the admin scope", reason_code=ReasonCode.FORBIDDEN)
         if expires_at is not None and as_utc(expires_at) <= utc_now():
@@ -386,7 +404,7 @@ class Identity:
                 "expires_at must be in the future",
                 details=[{"field": "body.expires_at", "message": "in the past"}],
             )
-        secret = tokens.new_api_key()
+        secret = secret or tokens.new_api_key()
         key = ApiKey(
             id=tokens.new_id(),
             user_id=owner_id,
@@ -394,6 +412,7 @@ class Identity:
             prefix=secret[:12],
             key_hash=tokens.digest(secret),
             scopes=orjson.dumps(sorted(set(scopes))).decode(),
+            models=None if models is None else orjson.dumps(sorted(set(models))).decode(),
             rate_limit=rate_limit,
             created_at=utc_now(),
             expires_at=expires_at,
@@ -435,8 +454,6 @@ class Identity:
     # -- resolving a credential -----------------------------------------------------------------------------
 
     async def authenticate(self, credential: str) -> Principal:
-        if credential.startswith(tokens.API_KEY_PREFIX):
-            return await self._from_api_key(credential)
         if tokens.looks_like_jwt(credential):
             claims = tokens.read_access_token(self.secret_key, credential)
             user = await self._user_state(claims.user_id)
@@ -453,7 +470,8 @@ class Identity:
                 via="session",
                 session_id=claims.session_id,
             )
-        raise NotAuthenticated("unrecognised credential", reason_code=ReasonCode.AUTH_INVALID)
+        # Anything else is an API key: ours start with aig_, imported ones may not.
+        return await self._from_api_key(credential)
 
     async def _from_api_key(self, secret: str) -> Principal:
         key_hash = tokens.digest(secret)
@@ -468,6 +486,7 @@ class Identity:
                 "id": key.id,
                 "user_id": key.user_id,
                 "scopes": orjson.loads(key.scopes),
+                "models": _models(key.models),
                 "rate_limit": key.rate_limit,
                 "expires_at": as_utc(key.expires_at).timestamp() if key.expires_at else None,
                 "revoked": key.revoked_at is not None,
@@ -484,6 +503,7 @@ class Identity:
         scopes = frozenset(state["scopes"])
         if user["role"] != "admin":
             scopes -= {"admin"}
+        models = state.get("models")
         return Principal(
             user_id=state["user_id"],
             email=user["email"],
@@ -492,6 +512,7 @@ class Identity:
             via="api_key",
             key_id=state["id"],
             rate_limit=state["rate_limit"],
+            models=None if models is None else frozenset(models),
         )
 
     async def _user_state(self, user_id: str) -> dict[str, Any] | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -100,12 +102,16 @@ class DemoProvider:
     async def embeddings(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
         inputs = payload.get("input")
         texts = [inputs] if isinstance(inputs, str) else [str(x) for x in inputs or []]
+        as_base64 = payload.get("encoding_format") == "base64"
         data = []
         for index, text in enumerate(texts):
             digest = hashlib.sha256(text.encode()).digest()
-            data.append(
-                {"object": "embedding", "index": index, "embedding": [(b - 128) / 128 for b in digest[:16]]}
+            vector = [(b - 128) / 128 for b in digest[:16]]
+            # The openai SDKs ask for base64 (little-endian float32) unless told otherwise.
+            encoded: list[float] | str = (
+                base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if as_base64 else vector
             )
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
         tokens = sum(_words(t) for t in texts)
         return {
             "object": "list",

@@ -1,0 +1,1 @@
+"""TokenGuard: token counts, context windows, prices, the usage ledger and budgets."""

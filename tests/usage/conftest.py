@@ -1,0 +1,42 @@
+"""TokenGuard fixtures: the demo model with a deterministic price, so every cost can be checked exactly."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from aiguardian.settings import Settings
+from tests.conftest import Account, async_pg_url, make_settings, truncate_all
+
+# The demo model answers "hi" with 10 words and reports them as 10 completion tokens, 1 prompt token.
+DEMO = "aiguardian-demo"
+DEMO_PRICES = {DEMO: {"input_per_mtok": 0, "output_per_mtok": 1000}}  # $0.001 per completion token
+ANSWER_TOKENS = 10
+ANSWER_COST = Decimal("0.010")
+
+
+def usage_settings(tmp_path: Path, backend: str, pg_url: str | None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"prices": DEMO_PRICES, "rate_limit_default": "100000/minute"}
+    values.update(overrides)
+    return make_settings(tmp_path, backend, pg_url, **values)
+
+
+@pytest.fixture
+async def settings(tmp_path: Path, backend: str, pg_url: str | None) -> Settings:
+    if backend == "postgres":
+        assert pg_url is not None
+        await truncate_all(async_pg_url(pg_url))
+    return usage_settings(tmp_path, backend, pg_url)
+
+
+async def api_key(app: FastAPI, account: Account) -> tuple[str, dict[str, str]]:
+    key, secret = await app.state.identity.create_key(account.id, "test", ["chat", "read"])
+    return key.id, {"Authorization": f"Bearer {secret}"}
+
+
+def chat(content: str = "hi", **extra: Any) -> dict[str, Any]:
+    return {"model": DEMO, "messages": [{"role": "user", "content": content}], **extra}
