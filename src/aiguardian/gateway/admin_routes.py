@@ -14,7 +14,7 @@ from aiguardian.identity.auth import Admin
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
 
 
-def get_deployments(request: Request) -> Deployments:
+async def get_deployments(request: Request) -> Deployments:
     deployments: Deployments = request.app.state.deployments
     return deployments
 

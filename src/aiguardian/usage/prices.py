@@ -20,6 +20,7 @@ log = structlog.get_logger("aiguardian.usage")
 NANO = Decimal("0.000000001")
 NANOS_PER_USD = 1_000_000_000
 MTOK = Decimal(1_000_000)
+_LINEAR_BELOW = 100_000
 
 
 def to_nanos(usd: Decimal) -> int:
@@ -45,8 +46,29 @@ class PriceBook:
             for model, spec in overrides.items()
         }
         self._unknown_warned: set[str] = set()
+        self._unit_prices: dict[tuple[str, str | None], tuple[Decimal, Decimal] | None] = {}
+        self._windows: dict[tuple[str, str | None], int | None] = {}
 
     def _lookup(self, model: str, provider: str | None, prompt: int, completion: int) -> Decimal | None:
+        """genai-prices' price. Below ``_LINEAR_BELOW`` tokens the per-token prices are asked once per model
+        and cached: a full ``calc_price`` costs tens of microseconds, too much for every request. Tiered
+        prices (some models charge more past 128k or 200k tokens) start above that bound, where the full
+        calculation still runs."""
+        if prompt + completion >= _LINEAR_BELOW:
+            return self._calc(model, provider, prompt, completion)
+        key = (model, provider)
+        if key not in self._unit_prices:
+            per_input = self._calc(model, provider, 1_000_000, 0)
+            per_output = self._calc(model, provider, 0, 1_000_000)
+            self._unit_prices[key] = (
+                None if per_input is None or per_output is None else (per_input, per_output)
+            )
+        units = self._unit_prices[key]
+        if units is None:
+            return None
+        return (units[0] * prompt + units[1] * completion) / MTOK
+
+    def _calc(self, model: str, provider: str | None, prompt: int, completion: int) -> Decimal | None:
         usage = genai_prices.Usage(input_tokens=prompt, output_tokens=completion)
         try:
             if provider and provider != "demo":
@@ -80,7 +102,13 @@ class PriceBook:
         return 0
 
     def context_window(self, model: str, provider: str | None = None) -> int | None:
-        """genai-prices' context window of a model, when it knows one."""
+        """genai-prices' context window of a model, when it knows one (looked up once per model)."""
+        key = (model, provider)
+        if key not in self._windows:
+            self._windows[key] = self._find_window(model, provider)
+        return self._windows[key]
+
+    def _find_window(self, model: str, provider: str | None) -> int | None:
         try:
             usage = genai_prices.Usage(input_tokens=0, output_tokens=0)
             found = (

@@ -19,7 +19,7 @@ usage_router = APIRouter(prefix="/api/v1/usage", tags=["usage"])
 budgets_router = APIRouter(prefix="/api/v1/budgets", tags=["budgets"])
 
 
-def get_usage(request: Request) -> UsageService:
+async def get_usage(request: Request) -> UsageService:
     service: UsageService = request.app.state.usage
     return service
 
