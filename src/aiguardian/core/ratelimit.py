@@ -64,23 +64,35 @@ class RateLimiter:
             parsed = self._parsed[text] = parse_limit(text)
         return parsed
 
-    async def hit(self, limit: str, *identifiers: str) -> Decision:
+    async def hit(self, limit: str, *identifiers: str, stats: bool = True) -> Decision:
+        """Count one hit. ``stats=False`` skips the window figures (one Redis round trip fewer) unless the
+        hit is refused, when ``Retry-After`` needs them; such a decision has no headers of its own."""
         item = self.item(limit)
         limiter = self._memory
         if self._shared is not None and time.monotonic() >= self._shared_down_until:
             limiter = self._shared
         try:
-            allowed = await limiter.hit(item, *identifiers)
-            stats = await limiter.get_window_stats(item, *identifiers)
+            return await self._decide(limiter, item, identifiers, stats)
         except Exception as exc:
             if limiter is self._memory:
                 raise
             self._shared_down_until = time.monotonic() + self._retry_seconds
             log.warning("redis unreachable, rate limits counted in memory", error=type(exc).__name__)
-            allowed = await self._memory.hit(item, *identifiers)
-            stats = await self._memory.get_window_stats(item, *identifiers)
-        reset = max(0, math.ceil(stats.reset_time - time.time()))
-        return Decision(allowed, item.amount, max(0, stats.remaining), reset)
+            return await self._decide(self._memory, item, identifiers, stats)
+
+    @staticmethod
+    async def _decide(
+        limiter: SlidingWindowCounterRateLimiter,
+        item: RateLimitItem,
+        identifiers: tuple[str, ...],
+        stats: bool,
+    ) -> Decision:
+        allowed = await limiter.hit(item, *identifiers)
+        if allowed and not stats:
+            return Decision(True, item.amount, -1, 0)
+        window = await limiter.get_window_stats(item, *identifiers)
+        reset = max(0, math.ceil(window.reset_time - time.time()))
+        return Decision(allowed, item.amount, max(0, window.remaining), reset)
 
     async def clear(self, limit: str, *identifiers: str) -> None:
         item = self.item(limit)

@@ -6,6 +6,7 @@ Knows no HTTP. Every change that could make another process's cached view wrong 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +39,8 @@ log = structlog.get_logger("aiguardian.identity")
 USER_CHANGED = "identity.user_changed"
 KEY_CHANGED = "identity.key_changed"
 SESSIONS_REVOKED = "identity.sessions_revoked"
+
+Lookup = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,14 +456,16 @@ class Identity:
 
     # -- resolving a credential -----------------------------------------------------------------------------
 
-    async def authenticate(self, credential: str) -> Principal:
+    async def authenticate(self, credential: str, before_lookup: Lookup | None = None) -> Principal:
+        """Who ``credential`` is. ``before_lookup`` is awaited before the first database read (a cache
+        miss), so callers can count the attempt against a limit first."""
         if tokens.looks_like_jwt(credential):
             claims = tokens.read_access_token(self.secret_key, credential)
-            user = await self._user_state(claims.user_id)
+            user = await self._user_state(claims.user_id, before_lookup)
             if user is None:
                 raise NotAuthenticated("the account no longer exists", reason_code=ReasonCode.AUTH_REVOKED)
             self._require_active(user)
-            if not await self._session_live(claims.session_id):
+            if not await self._session_live(claims.session_id, before_lookup):
                 raise NotAuthenticated("this session was signed out", reason_code=ReasonCode.AUTH_REVOKED)
             return Principal(
                 user_id=claims.user_id,
@@ -471,13 +476,15 @@ class Identity:
                 session_id=claims.session_id,
             )
         # Anything else is an API key: ours start with aig_, imported ones may not.
-        return await self._from_api_key(credential)
+        return await self._from_api_key(credential, before_lookup)
 
-    async def _from_api_key(self, secret: str) -> Principal:
+    async def _from_api_key(self, secret: str, before_lookup: Lookup | None = None) -> Principal:
         key_hash = tokens.digest(secret)
         cache_key = f"apikey:{key_hash}"
         state = await self.cache.get(cache_key)
         if state is None:
+            if before_lookup is not None:
+                await before_lookup()
             async with self.db.session() as session:
                 key = await session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
             if key is None:
@@ -496,7 +503,7 @@ class Identity:
             raise NotAuthenticated("this API key was revoked", reason_code=ReasonCode.AUTH_REVOKED)
         if state["expires_at"] is not None and state["expires_at"] <= utc_now().timestamp():
             raise NotAuthenticated("this API key has expired", reason_code=ReasonCode.AUTH_EXPIRED)
-        user = await self._user_state(state["user_id"])
+        user = await self._user_state(state["user_id"], before_lookup)
         if user is None:
             raise NotAuthenticated("invalid API key", reason_code=ReasonCode.AUTH_INVALID)
         self._require_active(user)
@@ -515,10 +522,12 @@ class Identity:
             models=None if models is None else frozenset(models),
         )
 
-    async def _user_state(self, user_id: str) -> dict[str, Any] | None:
+    async def _user_state(self, user_id: str, before_lookup: Lookup | None = None) -> dict[str, Any] | None:
         cache_key = f"user:{user_id}"
         state = await self.cache.get(cache_key)
         if state is None:
+            if before_lookup is not None:
+                await before_lookup()
             async with self.db.session() as session:
                 user = await session.get(User, user_id)
             if user is None:
@@ -527,11 +536,13 @@ class Identity:
             await self.cache.set(cache_key, state, ttl=self.settings.auth_cache_ttl)
         return dict(state)
 
-    async def _session_live(self, family_id: str) -> bool:
+    async def _session_live(self, family_id: str, before_lookup: Lookup | None = None) -> bool:
         """An access token dies with its login session (logout, password change, reuse), not only at expiry."""
         cache_key = f"session:{family_id}"
         live = await self.cache.get(cache_key)
         if live is None:
+            if before_lookup is not None:
+                await before_lookup()
             async with self.db.session() as session:
                 found = await session.scalar(
                     select(RefreshToken.id)
