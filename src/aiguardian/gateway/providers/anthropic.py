@@ -9,7 +9,7 @@ refused with a 400.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,6 +20,7 @@ import orjson
 
 from aiguardian.gateway.deployments import Deployment
 from aiguardian.gateway.providers.base import RETRYABLE_STATUSES, UpstreamError, parse_retry_after
+from aiguardian.gateway.providers.http import UpstreamHTTP, json_object
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -448,77 +449,39 @@ def _malformed() -> UpstreamError:
 
 class AnthropicProvider:
     def __init__(self) -> None:
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
-
-    def _session(self, base_url: str) -> aiohttp.ClientSession:
-        session = self._sessions.get(base_url)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-            session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
-            self._sessions[base_url] = session
-        return session
+        self._http = UpstreamHTTP(error_from_response)
 
     async def chat(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
         body = orjson.dumps(to_messages_request({**payload, "stream": False}, deployment.upstream_model))
-        timeout = aiohttp.ClientTimeout(total=deployment.timeout)
-        try:
-            async with self._session(deployment.base_url).post(
-                deployment.base_url + "/v1/messages", data=body, headers=_headers(deployment), timeout=timeout
-            ) as response:
-                if response.status >= 400:
-                    raise await error_from_response(response)
-                raw = await response.read()
-        except TimeoutError:
-            raise UpstreamError(504, "the upstream did not answer in time", retryable=True) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                502, f"upstream connection failed: {type(exc).__name__}", retryable=True
-            ) from None
-        try:
-            message = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise _malformed() from None
-        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+        message = json_object(await self._http.post(deployment, "/v1/messages", body, _headers(deployment)))
+        if not isinstance(message.get("content"), list):
             raise UpstreamError(502, "the upstream answered an unexpected shape", retryable=True)
         return to_chat_completion(message, deployment.model)
 
     async def stream_chat(self, deployment: Deployment, payload: dict[str, Any]) -> AsyncIterator[bytes]:
         body = orjson.dumps(to_messages_request({**payload, "stream": True}, deployment.upstream_model))
-        timeout = aiohttp.ClientTimeout(total=None, connect=deployment.timeout, sock_read=deployment.timeout)
         parser = SSEParser()
         translator = ChunkTranslator(deployment.model)
-        try:
-            async with self._session(deployment.base_url).post(
-                deployment.base_url + "/v1/messages",
-                data=body,
-                headers={**_headers(deployment), "Accept": "text/event-stream"},
-                timeout=timeout,
-            ) as response:
-                if response.status >= 400:
-                    raise await error_from_response(response)
-                async for chunk in response.content.iter_any():
-                    for event in parser.feed(chunk):
-                        try:
-                            data = orjson.loads(event.data)
-                        except orjson.JSONDecodeError:
-                            raise _malformed() from None
-                        if not isinstance(data, dict):
-                            raise _malformed()
-                        for out in translator.feed(event.event, data):
-                            yield out
-                    if translator.done:
-                        return
-        except TimeoutError:
-            raise UpstreamError(504, "the upstream did not answer in time", retryable=True) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                502, f"upstream connection failed: {type(exc).__name__}", retryable=True
-            ) from None
+        headers = {**_headers(deployment), "Accept": "text/event-stream"}
+        async with contextlib.aclosing(
+            self._http.stream(deployment, "/v1/messages", body, headers)
+        ) as chunks:
+            async for chunk in chunks:
+                for event in parser.feed(chunk):
+                    try:
+                        data = orjson.loads(event.data)
+                    except orjson.JSONDecodeError:
+                        raise _malformed() from None
+                    if not isinstance(data, dict):
+                        raise _malformed()
+                    for out in translator.feed(event.event, data):
+                        yield out
+                if translator.done:
+                    return
         raise UpstreamError(502, "the upstream stream ended before message_stop", retryable=True)
 
     async def embeddings(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
         raise UpstreamError(400, "anthropic has no embeddings endpoint", retryable=False)
 
     async def close(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), {}
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        await self._http.close()

@@ -6,7 +6,7 @@ measures both clients against the mock upstream). One pooled session per base UR
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +15,7 @@ import orjson
 
 from aiguardian.gateway.deployments import Deployment
 from aiguardian.gateway.providers.base import RETRYABLE_STATUSES, UpstreamError, parse_retry_after
+from aiguardian.gateway.providers.http import UpstreamHTTP, json_object
 
 
 def _headers(deployment: Deployment) -> dict[str, str]:
@@ -45,39 +46,11 @@ async def error_from_response(response: aiohttp.ClientResponse) -> UpstreamError
 
 class OpenAIProvider:
     def __init__(self) -> None:
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
-
-    def _session(self, base_url: str) -> aiohttp.ClientSession:
-        session = self._sessions.get(base_url)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-            session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
-            self._sessions[base_url] = session
-        return session
+        self._http = UpstreamHTTP(error_from_response)
 
     async def _post_json(self, deployment: Deployment, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         body = orjson.dumps({**payload, "model": deployment.upstream_model})
-        timeout = aiohttp.ClientTimeout(total=deployment.timeout)
-        try:
-            async with self._session(deployment.base_url).post(
-                deployment.base_url + path, data=body, headers=_headers(deployment), timeout=timeout
-            ) as response:
-                if response.status >= 400:
-                    raise await error_from_response(response)
-                raw = await response.read()
-        except TimeoutError:
-            raise UpstreamError(504, "the upstream did not answer in time", retryable=True) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                502, f"upstream connection failed: {type(exc).__name__}", retryable=True
-            ) from None
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(502, "the upstream answered malformed JSON", retryable=True) from None
-        if not isinstance(parsed, dict):
-            raise UpstreamError(502, "the upstream answered an unexpected shape", retryable=True)
-        return parsed
+        return json_object(await self._http.post(deployment, path, body, _headers(deployment)))
 
     async def chat(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
         return await self._post_json(deployment, "/chat/completions", payload)
@@ -87,25 +60,11 @@ class OpenAIProvider:
 
     async def stream_chat(self, deployment: Deployment, payload: dict[str, Any]) -> AsyncIterator[bytes]:
         body = orjson.dumps({**payload, "model": deployment.upstream_model})
-        timeout = aiohttp.ClientTimeout(total=None, connect=deployment.timeout, sock_read=deployment.timeout)
-        try:
-            async with self._session(deployment.base_url).post(
-                deployment.base_url + "/chat/completions",
-                data=body,
-                headers=_headers(deployment),
-                timeout=timeout,
-            ) as response:
-                if response.status >= 400:
-                    raise await error_from_response(response)
-                async for chunk in response.content.iter_any():
-                    yield chunk
-        except TimeoutError:
-            raise UpstreamError(504, "the upstream did not answer in time", retryable=True) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                502, f"upstream connection failed: {type(exc).__name__}", retryable=True
-            ) from None
+        async with contextlib.aclosing(
+            self._http.stream(deployment, "/chat/completions", body, _headers(deployment))
+        ) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def close(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), {}
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        await self._http.close()
