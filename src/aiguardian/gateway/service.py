@@ -7,9 +7,9 @@ import functools
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -19,6 +19,8 @@ from aiguardian.core.errors import NotFound, ReasonCode, UpstreamFailed
 from aiguardian.gateway.deployments import Deployment
 from aiguardian.gateway.providers.base import Provider, UpstreamError
 from aiguardian.gateway.router import Router
+
+T = TypeVar("T")
 
 log = structlog.get_logger("aiguardian.gateway")
 
@@ -163,56 +165,49 @@ class Gateway:
 
     async def _call(self, payload: dict[str, Any], kind: str) -> Outcome:
         model = payload["model"]
-        last: UpstreamError | None = None
-        spent = 0.0
-        attempts = 0
-        async for attempts, deployment in self._attempts(model):
+
+        async def call(deployment: Deployment) -> dict[str, Any]:
             provider = self.providers[deployment.provider]
-            started = time.perf_counter()
-            try:
-                if kind == "chat":
-                    body = await provider.chat(deployment, payload)
-                else:
-                    body = await provider.embeddings(deployment, payload)
-            except UpstreamError as error:
-                took = (time.perf_counter() - started) * 1000
-                spent += took
-                self._failed(deployment, error, took)
-                last = error
-                if not error.retryable:
-                    break
-                continue
-            except BaseException:
-                self._abandoned(deployment)
-                raise
-            took = (time.perf_counter() - started) * 1000
-            self._succeeded(deployment, took)
-            body["model"] = model
-            usage = body.get("usage")
-            return Outcome(
-                deployment, attempts, spent + took, body, usage if isinstance(usage, dict) else None
-            )
-        raise _failure(last, model, self._rate_limited_for(model) if last is None else None)
+            if kind == "chat":
+                return await provider.chat(deployment, payload)
+            return await provider.embeddings(deployment, payload)
+
+        deployment, attempts, upstream_ms, body = await self._first_success(model, call)
+        body["model"] = model
+        usage = body.get("usage")
+        return Outcome(deployment, attempts, upstream_ms, body, usage if isinstance(usage, dict) else None)
 
     async def open_stream(self, payload: dict[str, Any]) -> tuple[Outcome, bytes, AsyncGenerator[bytes]]:
         """Start a stream: retries and fallbacks apply until the first chunk arrives; after that the chunks
         are passed on as they come and a failure ends the stream with an error event."""
         model = payload["model"]
-        last: UpstreamError | None = None
-        spent = 0.0
-        async for attempts, deployment in self._attempts(model):
+
+        async def start(deployment: Deployment) -> tuple[bytes, AsyncGenerator[bytes]]:
             upstream: AsyncGenerator[bytes] = self.providers[deployment.provider].stream_chat(
                 deployment, payload
             )  # type: ignore[assignment]
             stream = whole_events(upstream, deployment.upstream_model, model)
+            try:
+                return await stream.__anext__(), stream
+            except StopAsyncIteration:
+                raise UpstreamError(
+                    502, "the upstream ended the stream before any event", retryable=True
+                ) from None
+
+        deployment, attempts, upstream_ms, (first, stream) = await self._first_success(model, start)
+        return Outcome(deployment, attempts, upstream_ms), first, stream
+
+    async def _first_success(
+        self, model: str, call: Callable[[Deployment], Awaitable[T]]
+    ) -> tuple[Deployment, int, float, T]:
+        """Try the model's plan until one call succeeds: (deployment, attempts, upstream ms, result).
+        Each outcome feeds the deployment's health; a non-retryable failure ends the tries at once."""
+        last: UpstreamError | None = None
+        spent = 0.0
+        async for attempts, deployment in self._attempts(model):
             started = time.perf_counter()
             try:
-                try:
-                    first = await stream.__anext__()
-                except StopAsyncIteration:
-                    raise UpstreamError(
-                        502, "the upstream ended the stream before any event", retryable=True
-                    ) from None
+                result = await call(deployment)
             except UpstreamError as error:
                 took = (time.perf_counter() - started) * 1000
                 spent += took
@@ -226,7 +221,7 @@ class Gateway:
                 raise
             took = (time.perf_counter() - started) * 1000
             self._succeeded(deployment, took)
-            return Outcome(deployment, attempts, spent + took), first, stream
+            return deployment, attempts, spent + took, result
         raise _failure(last, model, self._rate_limited_for(model) if last is None else None)
 
 
