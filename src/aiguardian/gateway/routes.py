@@ -138,6 +138,32 @@ def _usage_headers(call: Call) -> dict[str, str]:
     return headers
 
 
+async def _settled(
+    request: Request, usage: UsageService, call: Call, pending: Awaitable[Outcome]
+) -> Response:
+    """Await a non-streamed call, settle its reservation whatever happens, answer with its body."""
+    try:
+        outcome = await pending
+    except BaseException:
+        await usage.finish(call, status="error")
+        raise
+    deployment = outcome.deployment
+    await usage.finish(
+        call,
+        status="ok",
+        usage=outcome.usage,
+        completion_text=_answer_text(outcome.body) if outcome.usage is None else None,
+        deployment=deployment.id,
+        provider=deployment.provider,
+        upstream_model=deployment.upstream_model,
+    )
+    return Response(
+        orjson.dumps(outcome.body),
+        media_type="application/json",
+        headers={**gateway_headers(request, outcome), **_usage_headers(call)},
+    )
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, principal: Chatter, gateway: GatewayDep, usage: UsageDep
@@ -146,30 +172,10 @@ async def chat_completions(
     request.state.audit_action = "gateway.chat"
     request.state.audit_target = body.model
     check_model(principal, body.model)  # first: a key limited to some models must not probe for others
-    if not gateway.router.knows(body.model):
-        await gateway.chat(payload)  # raises the gateway's own "no such model"
+    gateway.require_model(body.model)
     call = await _admit(request, principal, gateway, usage, payload, kind="chat", stream=body.stream)
     if not body.stream:
-        try:
-            outcome = await gateway.chat(payload)
-        except BaseException:
-            await usage.finish(call, status="error")
-            raise
-        deployment = outcome.deployment
-        await usage.finish(
-            call,
-            status="ok",
-            usage=outcome.usage,
-            completion_text=_answer_text(outcome.body) if outcome.usage is None else None,
-            deployment=deployment.id,
-            provider=deployment.provider,
-            upstream_model=deployment.upstream_model,
-        )
-        return Response(
-            orjson.dumps(outcome.body),
-            media_type="application/json",
-            headers={**gateway_headers(request, outcome), **_usage_headers(call)},
-        )
+        return await _settled(request, usage, call, gateway.chat(payload))
 
     client_wants_usage = bool((body.stream_options or {}).get("include_usage"))
     payload["stream_options"] = {**(body.stream_options or {}), "include_usage": True}
@@ -239,28 +245,9 @@ async def embeddings(
     request.state.audit_target = body.model
     check_model(principal, body.model)  # first: a key limited to some models must not probe for others
     payload = body.model_dump(exclude_none=True)
-    if not gateway.router.knows(body.model):
-        await gateway.embeddings(payload)
+    gateway.require_model(body.model)
     call = await _admit(request, principal, gateway, usage, payload, kind="embeddings")
-    try:
-        outcome = await gateway.embeddings(payload)
-    except BaseException:
-        await usage.finish(call, status="error")
-        raise
-    deployment = outcome.deployment
-    await usage.finish(
-        call,
-        status="ok",
-        usage=outcome.usage,
-        deployment=deployment.id,
-        provider=deployment.provider,
-        upstream_model=deployment.upstream_model,
-    )
-    return Response(
-        orjson.dumps(outcome.body),
-        media_type="application/json",
-        headers={**gateway_headers(request, outcome), **_usage_headers(call)},
-    )
+    return await _settled(request, usage, call, gateway.embeddings(payload))
 
 
 @router.get("/models", response_model=ModelList)

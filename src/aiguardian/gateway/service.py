@@ -87,9 +87,13 @@ class Gateway:
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
 
-    def _plan(self, model: str) -> list[Deployment]:
+    def require_model(self, model: str) -> None:
+        """Raise the gateway's "no such model" before any accounting is done for the call."""
         if not self.router.knows(model):
             raise NotFound(f"the model `{model}` does not exist", reason_code=ReasonCode.MODEL_NOT_FOUND)
+
+    def _plan(self, model: str) -> list[Deployment]:
+        self.require_model(model)
         return self.router.plan(model)
 
     async def _attempts(self, model: str) -> AsyncIterator[tuple[int, Deployment]]:
