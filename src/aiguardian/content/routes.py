@@ -19,10 +19,9 @@ from aiguardian.content.schemas import (
 )
 from aiguardian.content.service import Viewer
 from aiguardian.core.envelope import Envelope, ok
-from aiguardian.core.http import RequestId
+from aiguardian.core.http import RequestId, audit
 from aiguardian.core.runtime import RuntimeDep
 from aiguardian.identity.auth import Reader, Writer
-from aiguardian.identity.routes import audit
 from aiguardian.identity.service import Principal
 
 router = APIRouter(prefix="/api/v1/posts", tags=["posts"])

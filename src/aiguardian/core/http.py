@@ -32,6 +32,12 @@ async def _request_id_dependency(request: Request) -> str:
 RequestId = Annotated[str, Depends(_request_id_dependency)]
 
 
+def audit(request: Request, action: str, target: str | None = None) -> None:
+    """Name what this request does (and to which object) in its audit row."""
+    request.state.audit_action = action
+    request.state.audit_target = target
+
+
 def error_response(
     request: Request,
     status_code: int,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from aiguardian.core.envelope import Envelope, ok
-from aiguardian.core.http import RequestId
+from aiguardian.core.http import RequestId, audit
 from aiguardian.gateway.manage import DeploymentCreate, DeploymentOut, Deployments, DeploymentUpdate
 from aiguardian.identity.auth import Admin
 
@@ -22,17 +22,12 @@ async def get_deployments(request: Request) -> Deployments:
 DeploymentsDep = Annotated[Deployments, Depends(get_deployments)]
 
 
-def _audit(request: Request, action: str, target: str) -> None:
-    request.state.audit_action = action
-    request.state.audit_target = target
-
-
 @router.post("", status_code=201, response_model=Envelope[DeploymentOut])
 async def create_deployment(
     body: DeploymentCreate, request: Request, _admin: Admin, service: DeploymentsDep, request_id: RequestId
 ) -> Envelope[DeploymentOut]:
     created = await service.create(body)
-    _audit(request, "deployment.create", created.id)
+    audit(request, "deployment.create", created.id)
     return ok(created, request_id)
 
 
@@ -63,7 +58,7 @@ async def update_deployment(
     request_id: RequestId,
 ) -> Envelope[DeploymentOut]:
     updated = await service.update(deployment_id, body)
-    _audit(request, "deployment.update", deployment_id)
+    audit(request, "deployment.update", deployment_id)
     return ok(updated, request_id)
 
 
@@ -73,7 +68,7 @@ async def drain_deployment(
 ) -> Envelope[DeploymentOut]:
     """No new requests go to it; those in flight finish. ``enable`` puts it back in service."""
     drained = await service.set_flags(deployment_id, "drain", draining=True)
-    _audit(request, "deployment.drain", deployment_id)
+    audit(request, "deployment.drain", deployment_id)
     return ok(drained, request_id)
 
 
@@ -82,7 +77,7 @@ async def disable_deployment(
     deployment_id: str, request: Request, _admin: Admin, service: DeploymentsDep, request_id: RequestId
 ) -> Envelope[DeploymentOut]:
     disabled = await service.set_flags(deployment_id, "disable", enabled=False)
-    _audit(request, "deployment.disable", deployment_id)
+    audit(request, "deployment.disable", deployment_id)
     return ok(disabled, request_id)
 
 
@@ -92,7 +87,7 @@ async def enable_deployment(
 ) -> Envelope[DeploymentOut]:
     """Back in service: enabled and no longer draining."""
     enabled = await service.set_flags(deployment_id, "enable", enabled=True, draining=False)
-    _audit(request, "deployment.enable", deployment_id)
+    audit(request, "deployment.enable", deployment_id)
     return ok(enabled, request_id)
 
 
@@ -101,5 +96,5 @@ async def delete_deployment(
     deployment_id: str, request: Request, _admin: Admin, service: DeploymentsDep, request_id: RequestId
 ) -> Envelope[dict[str, Any]]:
     await service.delete(deployment_id)
-    _audit(request, "deployment.delete", deployment_id)
+    audit(request, "deployment.delete", deployment_id)
     return ok({"deleted": True}, request_id)

@@ -13,6 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from aiguardian.core.errors import AIGError, ReasonCode
+from aiguardian.core.http import audit
 from aiguardian.gateway.deployments import DEMO_MODEL
 from aiguardian.gateway.schemas import ChatCompletionRequest, EmbeddingsRequest, ModelCard, ModelList
 from aiguardian.gateway.service import Gateway, Outcome, StreamUsage
@@ -169,8 +170,7 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, principal: Chatter, gateway: GatewayDep, usage: UsageDep
 ) -> Response:
     payload = body.model_dump(exclude_none=True)
-    request.state.audit_action = "gateway.chat"
-    request.state.audit_target = body.model
+    audit(request, "gateway.chat", body.model)
     check_model(principal, body.model)  # first: a key limited to some models must not probe for others
     gateway.require_model(body.model)
     call = await _admit(request, principal, gateway, usage, payload, kind="chat", stream=body.stream)
@@ -241,8 +241,7 @@ async def chat_completions(
 async def embeddings(
     body: EmbeddingsRequest, request: Request, principal: Chatter, gateway: GatewayDep, usage: UsageDep
 ) -> Response:
-    request.state.audit_action = "gateway.embeddings"
-    request.state.audit_target = body.model
+    audit(request, "gateway.embeddings", body.model)
     check_model(principal, body.model)  # first: a key limited to some models must not probe for others
     payload = body.model_dump(exclude_none=True)
     gateway.require_model(body.model)

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from aiguardian.core.envelope import Envelope, ok
 from aiguardian.core.errors import Forbidden, ReasonCode, ValidationFailed
-from aiguardian.core.http import RequestId
+from aiguardian.core.http import RequestId, audit
 from aiguardian.core.runtime import RuntimeDep
 from aiguardian.identity.auth import Admin, CurrentPrincipal, IdentityDep, Reader, Writer, client_ip, enforce
 from aiguardian.identity.schemas import (
@@ -35,11 +35,6 @@ from aiguardian.identity.service import key_out, user_out
 auth_router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 users_router = APIRouter(prefix="/api/v1/users", tags=["users"])
 keys_router = APIRouter(prefix="/api/v1/keys", tags=["api keys"])
-
-
-def audit(request: Request, action: str, target: str | None = None) -> None:
-    request.state.audit_action = action
-    request.state.audit_target = target
 
 
 # -- auth ---------------------------------------------------------------------------------------------------

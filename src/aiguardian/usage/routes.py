@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from aiguardian.core.envelope import Envelope, ok
 from aiguardian.core.errors import BadRequest, Forbidden
-from aiguardian.core.http import RequestId
+from aiguardian.core.http import RequestId, audit
 from aiguardian.identity.auth import Admin, IdentityDep, Reader
 from aiguardian.identity.service import Principal
 from aiguardian.usage.schemas import BudgetCreate, BudgetList, BudgetOut, BudgetUpdate, UsageSummary
@@ -61,7 +61,7 @@ async def create_budget(
         owner = (await identity.get_user(body.subject_id or "")).id
     elif body.scope == "key":
         owner = (await identity.get_key(body.subject_id or "", admin)).user_id
-    request.state.audit_action = "budget.create"
+    audit(request, "budget.create")
     return ok(await usage.create_budget(body, owner), request_id)
 
 
@@ -90,8 +90,7 @@ async def update_budget(
 ) -> Envelope[BudgetOut]:
     if not body.model_fields_set:
         raise BadRequest("nothing to change")
-    request.state.audit_action = "budget.update"
-    request.state.audit_target = budget_id
+    audit(request, "budget.update", budget_id)
     return ok(await usage.update_budget(budget_id, body), request_id)
 
 
@@ -99,6 +98,5 @@ async def update_budget(
 async def delete_budget(
     budget_id: str, request: Request, _admin: Admin, usage: UsageDep, request_id: RequestId
 ) -> Envelope[BudgetOut]:
-    request.state.audit_action = "budget.delete"
-    request.state.audit_target = budget_id
+    audit(request, "budget.delete", budget_id)
     return ok(await usage.delete_budget(budget_id), request_id)
