@@ -17,6 +17,7 @@ from rich.table import Table
 
 from aiguardian import __version__
 from aiguardian.core.errors import AIGError
+from aiguardian.guards.cli import guards_app
 from aiguardian.settings import CONFIG_FILE_ENV, Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ audit_app = typer.Typer(help="Inspect the audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 admin_app = typer.Typer(help="Manage accounts and API keys from the command line.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+app.add_typer(guards_app, name="guards")
 
 # soft_wrap: a message is one line even when stderr is not a terminal (rich would wrap it at 80 columns).
 console = Console(stderr=True, soft_wrap=True)

@@ -1,0 +1,1 @@
+"""The guard pipeline: guards that check requests and answers, the policies that pick them, their models."""
