@@ -108,3 +108,17 @@ class Guard(Protocol):
     cpu_bound: ClassVar[bool]
 
     def check(self, context: GuardContext) -> Verdict: ...
+
+
+@runtime_checkable
+class Redactor(Protocol):
+    """A guard that can rewrite what it found (PII, secrets).
+
+    When a redactor's verdict is ``redact``, the pipeline calls ``redact`` on every message text it sends
+    upstream (so placeholders stay inside the message they came from) and, for the answer, ``restore`` to put
+    the caller's own values back. Placeholders and their values live in ``state`` (``GuardContext.state``),
+    which belongs to one request and is never logged.
+    """
+
+    def redact(self, text: str, state: dict[str, Any]) -> str: ...
+    def restore(self, text: str, state: dict[str, Any]) -> str: ...
