@@ -35,6 +35,10 @@ from aiguardian.gateway.providers.openai import OpenAIProvider
 from aiguardian.gateway.router import Router
 from aiguardian.gateway.routes import router as gateway_router
 from aiguardian.gateway.service import Gateway
+from aiguardian.guards.pipeline import GuardBlocked
+from aiguardian.guards.routes import on_guard_blocked
+from aiguardian.guards.routes import router as guards_router
+from aiguardian.guards.service import GuardService
 from aiguardian.identity.bootstrap import ensure_first_admin
 from aiguardian.identity.routes import auth_router, keys_router, users_router
 from aiguardian.identity.service import Identity
@@ -96,6 +100,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         usage = UsageService(settings, db, bus)
         await usage.start()
         app.state.usage = usage
+        guards = GuardService(settings, bus)
+        await guards.start()
+        app.state.guards = guards
         runtime = Runtime(settings=settings, secrets=secrets, db=db, cache=cache, bus=bus, limiter=limiter)
         app.state.runtime = runtime
         app.state.identity = identity
@@ -136,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.LIVE.sources.pop(gauge_key, None)
             await writer.close()
             await deployments.close()
+            await guards.close()
             for provider in providers.values():
                 await provider.close()
             await bus.close()
@@ -164,6 +172,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(posts_router)
     app.include_router(usage_router)
     app.include_router(budgets_router)
+    app.include_router(guards_router)
+    app.add_exception_handler(GuardBlocked, on_guard_blocked)
 
     excluded = frozenset(settings.audit_exclude_paths)
 

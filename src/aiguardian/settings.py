@@ -144,6 +144,15 @@ class Settings(BaseSettings):
     context_overflow: Literal["refuse", "trim"] = Field("refuse", validation_alias=_names("context_overflow"))
     budget_cache_ttl: float = Field(30.0, gt=0, validation_alias=_names("budget_cache_ttl"))
 
+    guards_policy_file: Path | None = Field(None, validation_alias=_names("guards_policy_file"))
+    guards_reload_interval: float = Field(
+        2.0,
+        ge=0,
+        validation_alias=_names("guards_reload_interval"),
+        description="Seconds between checks of the policy file for changes; 0 turns the watch off.",
+    )
+    guard_service_token: SecretStr | None = Field(None, validation_alias=_names("guard_service_token"))
+
     @field_validator("cors_origins", "audit_exclude_paths", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
@@ -164,7 +173,7 @@ class Settings(BaseSettings):
             raise ValueError("must look like `600/minute` or `10 per second`") from None
         return value
 
-    @field_validator("secret_key", mode="before")
+    @field_validator("secret_key", "guard_service_token", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -45,6 +45,12 @@ class ReasonCode(StrEnum):
     # Named by the TokenGuard issue, without a letter group: clients were promised these exact strings.
     TOKEN_BUDGET_EXCEEDED = "TOKEN_BUDGET_EXCEEDED"  # noqa: S105 (a reason code, not a secret)
     TOKEN_CONTEXT_EXCEEDED = "TOKEN_CONTEXT_EXCEEDED"  # noqa: S105
+    # The guard pipeline's own codes (a guard's verdict carries codes of its own beside these).
+    GUARD_BLOCKED = "GUARD_BLOCKED"  # a guard blocked without naming a reason
+    GUARD_ERROR = "GUARD_ERROR"  # the guard raised, or could not be loaded: fail closed
+    GUARD_TIMEOUT = "GUARD_TIMEOUT"  # the guard did not answer within its timeout_ms
+    GUARD_UNAVAILABLE = "GUARD_UNAVAILABLE"  # a remote guard service could not be reached or answered badly
+    POLICY_INVALID = "E1_policy_invalid"
 
 
 class AIGError(Exception):

@@ -36,6 +36,20 @@ CACHE_SHARED_UP = Gauge(
     "1 when the Redis cache tier is in use, 0 when it is down or unset.",
     multiprocess_mode="livemin",
 )
+GUARD_VERDICTS = Counter(
+    "aig_guard_verdicts_total",
+    "Guard verdicts by guard, direction (input, output, stream) and action; a stream counts its worst.",
+    ["guard", "direction", "action"],
+)
+GUARD_LATENCY = Histogram(
+    "aig_guard_duration_seconds",
+    "Time one guard took for one check (each window of a stream is one check).",
+    ["guard"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+GUARD_POLICY_RELOADS = Counter(
+    "aig_guard_policy_reloads_total", "Guard policy reloads by result (applied, refused).", ["result"]
+)
 
 GaugeSource = Callable[[], Iterable[tuple[str, str, dict[str, str], float]]]
 
