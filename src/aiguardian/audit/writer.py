@@ -7,20 +7,17 @@ written is spooled to a file in the data dir and written at the next start, so n
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
-import structlog
 from sqlalchemy import insert, select, text
 
 from aiguardian.audit.chain import GENESIS, AuditEntry, link
 from aiguardian.audit.models import AuditRecord
 from aiguardian.core.batch import BatchWriter
 from aiguardian.core.db import Database
-
-log = structlog.get_logger("aiguardian.audit")
 
 # Any constant: the same in every process that appends to the chain.
 _PG_CHAIN_LOCK = 0x41494722
@@ -38,12 +35,10 @@ class AuditWriter(BatchWriter[AuditEntry]):
         queue_max: int,
         spool_path: Path,
     ) -> None:
-        super().__init__(batch_size=batch_size, flush_interval=flush_interval, queue_max=queue_max)
+        super().__init__(
+            batch_size=batch_size, flush_interval=flush_interval, queue_max=queue_max, spool_path=spool_path
+        )
         self.db = db
-        self.spool_path = spool_path
-
-    async def _before_start(self) -> None:
-        self._load_spool()
 
     async def _write(self, batch: list[AuditEntry]) -> None:
         async with self.db.transaction() as session:
@@ -68,30 +63,9 @@ class AuditWriter(BatchWriter[AuditEntry]):
                 prev = digest
             await session.execute(insert(AuditRecord), rows)
 
-    def _spool(self) -> None:
-        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.spool_path.open("ab") as handle:
-            while self._pending:
-                entry = self._pending.popleft()
-                fields = entry.hashed_fields()
-                handle.write(orjson.dumps(fields) + b"\n")
-        log.error("database unavailable at shutdown; audit rows spooled", path=str(self.spool_path))
+    def _encode(self, item: AuditEntry) -> dict[str, Any]:
+        return item.hashed_fields()
 
-    def _load_spool(self) -> None:
-        if not self.spool_path.exists():
-            return
-        spooled = self.spool_path.with_suffix(f".loading-{os.getpid()}")
-        try:
-            self.spool_path.replace(spooled)
-        except FileNotFoundError:  # another worker took it a moment ago
-            return
-        count = 0
-        for line in spooled.read_bytes().splitlines():
-            if not line.strip():
-                continue
-            fields = orjson.loads(line)
-            fields["created_at"] = datetime.fromisoformat(fields["created_at"].replace("Z", "+00:00"))
-            self._pending.append(AuditEntry(**fields))
-            count += 1
-        spooled.unlink()
-        log.warning("audit rows from the spool queued for writing", rows=count)
+    def _decode(self, fields: dict[str, Any]) -> AuditEntry:
+        fields["created_at"] = datetime.fromisoformat(fields["created_at"].replace("Z", "+00:00"))
+        return AuditEntry(**fields)

@@ -1,17 +1,21 @@
 """Batched writes off the request path: requests append to a queue, one task writes it in batches.
 
 Used by the audit log and the usage ledger. If the database is down the rows wait and are retried with a
-growing pause; ``close`` writes what it can before a deadline and hands the rest to ``_spool`` (a subclass
-may keep them in a file; the default drops them with an error in the log).
+growing pause; ``close`` writes what it can before a deadline and spools the rest to a JSON-lines file in
+the data dir (``spool_path``; a subclass says how a row becomes JSON and back), which the next ``start``
+queues for writing again, so no row is lost. Without a spool file they are dropped with an error in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import deque
-from typing import Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
+import orjson
 import structlog
 
 T = TypeVar("T")
@@ -22,7 +26,10 @@ log = structlog.get_logger("aiguardian.batch")
 class BatchWriter(Generic[T]):
     name = "batch"
 
-    def __init__(self, *, batch_size: int, flush_interval: float, queue_max: int) -> None:
+    def __init__(
+        self, *, batch_size: int, flush_interval: float, queue_max: int, spool_path: Path | None = None
+    ) -> None:
+        self.spool_path = spool_path
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.queue_max = queue_max
@@ -36,9 +43,46 @@ class BatchWriter(Generic[T]):
     async def _write(self, batch: list[T]) -> None:
         raise NotImplementedError
 
+    def _encode(self, item: T) -> dict[str, Any]:
+        """A row as JSON-ready fields, for the spool file."""
+        raise NotImplementedError
+
+    def _decode(self, fields: dict[str, Any]) -> T:
+        """A row back from what ``_encode`` gave."""
+        raise NotImplementedError
+
     def _spool(self) -> None:
-        log.error("rows not written at shutdown", writer=self.name, rows=len(self._pending))
-        self._pending.clear()
+        if self.spool_path is None:
+            log.error("rows not written at shutdown", writer=self.name, rows=len(self._pending))
+            self._pending.clear()
+            return
+        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        rows = len(self._pending)
+        with self.spool_path.open("ab") as handle:
+            while self._pending:
+                handle.write(orjson.dumps(self._encode(self._pending.popleft())) + b"\n")
+        log.error(
+            "database unavailable at shutdown; rows spooled",
+            writer=self.name,
+            rows=rows,
+            path=str(self.spool_path),
+        )
+
+    def _load_spool(self) -> None:
+        if self.spool_path is None or not self.spool_path.exists():
+            return
+        loading = self.spool_path.with_suffix(f".loading-{os.getpid()}")
+        try:
+            self.spool_path.replace(loading)
+        except FileNotFoundError:  # another worker took it a moment ago
+            return
+        count = 0
+        for line in loading.read_bytes().splitlines():
+            if line.strip():
+                self._pending.append(self._decode(orjson.loads(line)))
+                count += 1
+        loading.unlink()
+        log.warning("spooled rows queued for writing", writer=self.name, rows=count)
 
     async def _before_start(self) -> None:
         return None
@@ -57,6 +101,7 @@ class BatchWriter(Generic[T]):
             self._wakeup.set()
 
     async def start(self) -> None:
+        self._load_spool()
         await self._before_start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}-writer")
 
