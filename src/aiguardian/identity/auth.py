@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from aiguardian.core.errors import Forbidden, NotAuthenticated, RateLimited, ReasonCode
-from aiguardian.core.ratelimit import Decision
+from aiguardian.core.ratelimit import Check, Decision
 from aiguardian.core.runtime import get_runtime
 from aiguardian.core.security import presented_credential
 from aiguardian.identity.service import Identity, Principal
@@ -41,17 +40,31 @@ async def enforce(
     headers: bool = True,
 ) -> None:
     """Count one request against ``limit`` for ``identifier``; refuse with 429 past it. ``headers=False``
-    leaves the RateLimit-* headers to another limit (and saves a Redis round trip)."""
+    leaves the RateLimit-* headers to another limit."""
+    await enforce_many(request, [(limit, identifier)], code, headers=headers)
+
+
+async def enforce_many(
+    request: Request,
+    checks: Sequence[Check],
+    code: ReasonCode = ReasonCode.RATE_LIMITED,
+    *,
+    headers: bool = True,
+) -> None:
+    """Count one request against each ``(limit, identifier)`` at once (one Redis round trip for them all);
+    refuse with 429 past any of them. The last one's figures are the RateLimit-* headers."""
     runtime = get_runtime(request)
     if not runtime.settings.rate_limit_enabled:
         return
-    decision: Decision = await runtime.limiter.hit(limit, identifier, stats=headers)
-    if headers or not decision.allowed:
-        request.state.response_headers = decision.headers()
-    if not decision.allowed:
-        raise RateLimited(
-            f"rate limit of {limit} exceeded; retry later", reason_code=code, headers=decision.headers()
-        )
+    decisions: list[Decision] = await runtime.limiter.hit_many(checks)
+    for (limit, _), decision in zip(checks, decisions, strict=True):
+        if not decision.allowed:
+            request.state.response_headers = decision.headers()
+            raise RateLimited(
+                f"rate limit of {limit} exceeded; retry later", reason_code=code, headers=decision.headers()
+            )
+    if headers:
+        request.state.response_headers = decisions[-1].headers()
 
 
 async def current_principal(request: Request) -> Principal:
@@ -59,7 +72,7 @@ async def current_principal(request: Request) -> Principal:
     if credential is None:
         raise NotAuthenticated("send `Authorization: Bearer <token or API key>` or `X-API-Key: <key>`")
     settings = get_runtime(request).settings
-    ip_limit, ip = settings.rate_limit_per_ip, f"ip:{client_ip(request)}"
+    by_ip: Check = (settings.rate_limit_per_ip, f"ip:{client_ip(request)}")
     counted = False
 
     async def count_ip() -> None:
@@ -67,19 +80,16 @@ async def current_principal(request: Request) -> Principal:
         if counted:
             return
         counted = True
-        await enforce(request, ip_limit, ip, headers=False)
+        await enforce_many(request, [by_ip], headers=False)
 
     # The IP is counted before any database work a credential needs (a made-up key is a database
     # lookup), so guessing keys is rate limited too. A credential resolved from the cache needs none:
-    # then the IP and the key are counted at once, two Redis round trips in parallel instead in a row.
+    # then the IP and the key are counted together, in one Redis round trip.
     principal = await get_identity(request).authenticate(credential, before_lookup=count_ip)
     request.state.actor = principal.actor
     subject = f"key:{principal.key_id}" if principal.key_id else f"user:{principal.user_id}"
-    own = enforce(request, principal.rate_limit or settings.rate_limit_default, subject)
-    if counted:
-        await own
-    else:
-        await asyncio.gather(count_ip(), own)
+    own: Check = (principal.rate_limit or settings.rate_limit_default, subject)
+    await enforce_many(request, [own] if counted else [by_ip, own])
     return principal
 
 
