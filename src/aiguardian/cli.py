@@ -192,6 +192,26 @@ def doctor(config: ConfigOption = None) -> None:
         raise typer.Exit(1)
 
 
+@app.command("guard-service")
+def guard_service(
+    name: Annotated[str, typer.Argument(help="A guard's name (injection, pii, bias, ...) or module:Class.")],
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8004,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    options: Annotated[
+        str | None, typer.Option(help="The guard's options as a JSON object, e.g. '{\"threshold\": 0.8}'.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve one guard over HTTP (POST /check, GET /healthz), for `remote:` entries of a guard policy."""
+    settings = _settings(config)
+    from aiguardian.guards.remote import GuardServiceError, serve
+
+    try:
+        serve(name, host=host, port=port, options=options, settings=settings)
+    except GuardServiceError as exc:
+        raise _fail(str(exc), 2) from None
+
+
 @audit_app.command("verify")
 def audit_verify(config: ConfigOption = None) -> None:
     """Check the audit log's hash chain; exit 1 at the first row that was changed or removed."""

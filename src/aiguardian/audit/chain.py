@@ -29,9 +29,10 @@ class AuditEntry:
     latency_ms: float
     action: str | None = None
     target: str | None = None
+    guards: list[dict[str, Any]] | None = None  # guard verdict summaries: guard, action, score, codes
 
     def hashed_fields(self) -> dict[str, Any]:
-        fields = {
+        fields: dict[str, Any] = {
             "trace_id": self.trace_id,
             "created_at": iso(self.created_at),
             "actor": self.actor,
@@ -49,6 +50,8 @@ class AuditEntry:
             fields["action"] = self.action
         if self.target is not None:
             fields["target"] = self.target
+        if self.guards is not None:
+            fields["guards"] = self.guards
         return fields
 
 

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from aiguardian.core.db import Base
@@ -27,5 +28,6 @@ class AuditRecord(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     action: Mapped[str | None] = mapped_column(String(64), index=True)
     target: Mapped[str | None] = mapped_column(String(128))
+    guards: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))

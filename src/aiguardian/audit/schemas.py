@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -23,6 +23,7 @@ class AuditRow(BaseModel):
     latency_ms: float
     action: str | None = None
     target: str | None = None
+    guards: list[dict[str, Any]] | None = None
 
 
 class AuditPage(BaseModel):

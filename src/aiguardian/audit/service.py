@@ -45,6 +45,7 @@ def entry_from_request(record: RequestRecord) -> AuditEntry:
         latency_ms=record.latency_ms,
         action=_storable(record.action, 64),
         target=_storable(record.target, 128),
+        guards=record.guards,
     )
 
 
@@ -87,6 +88,7 @@ def to_row(record: AuditRecord) -> AuditRow:
         latency_ms=record.latency_ms,
         action=record.action,
         target=record.target,
+        guards=record.guards,
     )
 
 
@@ -123,6 +125,7 @@ def _stored_hash(prev: str, record: AuditRecord) -> str | None:
         latency_ms=record.latency_ms,
         action=record.action,
         target=record.target,
+        guards=record.guards,
     )
     return link(prev, entry)
 

@@ -42,6 +42,7 @@ class RequestRecord:
     reason_codes: list[str] = field(default_factory=list)
     action: str | None = None
     target: str | None = None
+    guards: list[dict[str, object]] | None = None  # verdict summaries, set by the guard pipeline
 
 
 class _BodyTooLarge(Exception):
@@ -211,6 +212,7 @@ class RequestContextMiddleware:
             actor = state.get("actor")
             action = state.get("audit_action")
             target = state.get("audit_target")
+            guards = state.get("guard_verdicts")
             self.on_complete(
                 RequestRecord(
                     trace_id=request_id,
@@ -226,5 +228,6 @@ class RequestContextMiddleware:
                     reason_codes=reason_codes,
                     action=action if isinstance(action, str) else None,
                     target=target if isinstance(target, str) else None,
+                    guards=guards if isinstance(guards, list) and guards else None,
                 )
             )

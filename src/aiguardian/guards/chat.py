@@ -19,7 +19,7 @@ events is restored whole: placeholders must be shorter than 64 characters and co
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
@@ -29,6 +29,9 @@ from aiguardian.core.errors import ValidationFailed
 from aiguardian.guards.base import Action, Direction, GuardContext, Redactor, Verdict
 from aiguardian.guards.pipeline import Decision, GuardBlocked, redact_text, restore_text, summary
 from aiguardian.guards.policy import ResolvedPolicy
+
+if TYPE_CHECKING:
+    from aiguardian.guards.service import GuardService
 
 SOURCES_FIELD = "aig_sources"
 WARNINGS_HEADER = "X-AIG-Guard-Warnings"
@@ -134,7 +137,7 @@ def warning_items(verdicts: list[Verdict]) -> list[str]:
 class ChatGuard:
     def __init__(
         self,
-        service: Any,  # GuardService; Any so this module does not import the app wiring
+        service: GuardService,
         policy: ResolvedPolicy,
         request: Request,
         *,
@@ -155,7 +158,13 @@ class ChatGuard:
 
     def _decided(self, direction: Direction, decision: Decision) -> None:
         record(self.request, direction, decision.verdicts)
-        self.warnings += warning_items(decision.with_action(Action.WARN))
+        warned = warning_items(decision.with_action(Action.WARN))
+        if warned:
+            self.warnings += warned
+            # Added to whichever answer goes out, streamed or not, from the cache or not (core/middleware).
+            extra = dict(getattr(self.request.state, "response_headers", None) or {})
+            extra[WARNINGS_HEADER] = ",".join(self.warnings)
+            self.request.state.response_headers = extra
         if decision.blocked:
             raise GuardBlocked(decision.with_action(Action.BLOCK), direction)
 
@@ -210,9 +219,6 @@ class ChatGuard:
     def stream(self) -> StreamScreen:
         return StreamScreen(self)
 
-    def headers(self) -> dict[str, str]:
-        return {WARNINGS_HEADER: ",".join(self.warnings)} if self.warnings else {}
-
 
 class StreamScreen:
     """Watches a stream's events as they pass: runs the stream guards over the last ``stream_window``
@@ -243,11 +249,15 @@ class StreamScreen:
             return data
         parts = _EVENT_SPLIT.split(data)
         out: list[bytes] = []
-        for event, separator in zip(parts[::2], [*parts[1::2], b""], strict=True):
-            if event:
-                out.append(await self._event(event) + separator)
-            elif separator:
-                out.append(separator)
+        try:
+            for event, separator in zip(parts[::2], [*parts[1::2], b""], strict=True):
+                if event:
+                    out.append(await self._event(event) + separator)
+                elif separator:
+                    out.append(separator)
+        except GuardBlocked as blocked:
+            blocked.passed = b"".join(out)  # the events of this chunk before the blocked one still go out
+            raise
         return b"".join(out)
 
     async def finish(self, rest: bytes) -> bytes:

@@ -125,6 +125,7 @@ class GuardBlocked(AIGError):
                     codes.append(code)
         self.code = codes[0] if codes else ReasonCode.GUARD_BLOCKED.value
         self.reason_codes = codes
+        self.passed = b""  # in a stream: the events that passed the checks before this one
         what = "the request" if direction is Direction.INPUT else "the answer"
         named = ", ".join(f"{v.guard} ({', '.join(v.reason_codes) or 'no reason given'})" for v in blocking)
         super().__init__(f"{what} was blocked by guard policy: {named}")
@@ -136,8 +137,9 @@ class GuardBlocked(AIGError):
         return body
 
     def sse_event(self, request_id: str) -> bytes:
-        """The last event of a stream an output guard stopped (OpenAI's error shape, as SDKs expect)."""
-        return b"data: " + orjson.dumps(self.openai_body(request_id)) + b"\n\n"
+        """The end of a stream an output guard stopped: the events that passed before it, then an error
+        event in OpenAI's shape (SDKs raise it)."""
+        return self.passed + b"data: " + orjson.dumps(self.openai_body(request_id)) + b"\n\n"
 
 
 class Pipeline:

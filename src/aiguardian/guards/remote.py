@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
@@ -24,7 +24,10 @@ from starlette.routing import Route
 
 from aiguardian.core.errors import ReasonCode
 from aiguardian.guards.base import Action, Direction, Finding, Guard, GuardContext, Verdict
-from aiguardian.guards.policy import Entry
+from aiguardian.guards.policy import Entry, PolicyError
+
+if TYPE_CHECKING:
+    from aiguardian.settings import Settings
 
 log = structlog.get_logger("aiguardian.guards")
 
@@ -185,3 +188,42 @@ def guard_service_app(guard: Guard, label: str, token: str | None = None) -> Sta
         return Response(orjson.dumps({"status": "ok", "guard": label}), media_type="application/json")
 
     return Starlette(routes=[Route("/check", check, methods=["POST"]), Route("/healthz", healthz)])
+
+
+class GuardServiceError(Exception):
+    """``aiguardian guard-service`` cannot start; the message says why."""
+
+
+def serve(name: str, *, host: str, port: int, options: str | None, settings: Settings) -> None:
+    """Build the guard named ``name`` (a registry name, a name from the policy file's ``guards:``, or
+    ``module:Class``) with ``options`` (a JSON object) and serve it until stopped."""
+    import uvicorn
+
+    from aiguardian.core.logging import configure_logging
+    from aiguardian.guards.loader import GuardLoadError, build
+    from aiguardian.guards.service import read_policy
+
+    try:
+        names = read_policy(settings.guards_policy_file).names()
+    except PolicyError as exc:
+        raise GuardServiceError(str(exc)) from None
+    target = names.get(name) or (name if ":" in name else None)
+    if target is None:
+        raise GuardServiceError(f"unknown guard {name!r}; one of {', '.join(sorted(names))}, or module:Class")
+    try:
+        parsed = orjson.loads(options) if options else {}
+    except orjson.JSONDecodeError as exc:
+        raise GuardServiceError(f"--options is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise GuardServiceError("--options must be a JSON object, e.g. '{\"threshold\": 0.8}'")
+    try:
+        guard = build(target, parsed)
+    except GuardLoadError as exc:
+        raise GuardServiceError(str(exc)) from None
+    configure_logging(settings.log_level, settings.log_format)
+    label = name.rpartition(":")[2]
+    token = settings.guard_service_token.get_secret_value() if settings.guard_service_token else None
+    log.info("guard service starting", guard=label, host=host, port=port, token_required=bool(token))
+    uvicorn.run(
+        guard_service_app(guard, label, token), host=host, port=port, log_config=None, server_header=False
+    )

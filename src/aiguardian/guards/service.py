@@ -11,12 +11,14 @@ from typing import Any
 import anyio
 import orjson
 import structlog
+from starlette.requests import Request
 
 from aiguardian.core import metrics
 from aiguardian.core.bus import EventBus
 from aiguardian.core.clock import utc_now_iso
 from aiguardian.core.errors import NotFound, ValidationFailed
 from aiguardian.guards.base import Direction, Guard, GuardContext, Verdict
+from aiguardian.guards.chat import ChatGuard, take_sources
 from aiguardian.guards.loader import GuardLoader, GuardLoadError, build
 from aiguardian.guards.pipeline import Decision, Pipeline, check_one
 from aiguardian.guards.policy import (
@@ -39,7 +41,7 @@ POLICY_TOPIC = "guards.policy_reloaded"
 TOKEN_GUARD = "token"  # noqa: S105 (a guard's name)
 
 
-def _read_policy(path: Path | None) -> PolicySet:
+def read_policy(path: Path | None) -> PolicySet:
     if path is None:
         return shipped()
     try:
@@ -84,7 +86,7 @@ class GuardService:
     async def start(self) -> None:
         """Read the policy (a broken file stops the start: PolicyError). Guards are built on first use."""
         self._stamp = await self._file_stamp()
-        self.policies = await anyio.to_thread.run_sync(_read_policy, self.path)
+        self.policies = await anyio.to_thread.run_sync(read_policy, self.path)
         self.loaded_at = utc_now_iso()
         self.bus.on(POLICY_TOPIC, self._on_reloaded_elsewhere)
         interval = self.settings.guards_reload_interval
@@ -108,7 +110,7 @@ class GuardService:
             have = self.loader.loaded()
 
             def prepare() -> tuple[PolicySet, dict[str, Guard]]:
-                policies = _read_policy(self.path)
+                policies = read_policy(self.path)
                 return policies, _build_all(policies, have)
 
             try:
@@ -159,6 +161,14 @@ class GuardService:
 
     def policy_for(self, route: str, key_id: str | None, user_id: str | None) -> ResolvedPolicy:
         return self.policies.for_request(route, key_id, user_id)
+
+    def chat(
+        self, request: Request, payload: dict[str, Any], *, key_id: str | None, user_id: str | None
+    ) -> ChatGuard:
+        """The guards of one chat completion. Takes ``aig_sources`` out of ``payload`` (422 if malformed)."""
+        sources = take_sources(payload)
+        policy = self.policy_for(request.url.path, key_id, user_id)
+        return ChatGuard(self, policy, request, model=str(payload.get("model")), sources=sources)
 
     # -- running guards -------------------------------------------------------------------------------
 
