@@ -1,0 +1,182 @@
+"""Latency and throughput of a guard policy's input and output guards on texts of 100, 1,000 and 10,000
+characters: in process, one check at a time, pinned to one core, through the real pipeline
+(``Pipeline.run``: loading aside, exactly what a gateway request pays).
+
+Texts are real ones from the guards' dev sets (``../shared/eval``): input texts from the injection,
+toxicity, PII and secrets sets, answers and their sources from the grounding set, joined and cut to length,
+a different slice for every check. Each policy runs in three modes, so the thread-hop rule is measured rather
+than assumed: ``auto`` (CPU-bound guards on the event loop up to the policy's ``thread_above_chars``, in one
+worker thread above), ``inline`` (never a thread) and ``thread`` (always one thread hop).
+
+    .venv/bin/python bench/guards/run.py                     # the shipped default policy
+    .venv/bin/python bench/guards/run.py --policy my.yaml --repeat 300
+
+A guard that fails (its module is missing, it raises) shows in the ``failed`` column: its time is then not
+a real check's and the row says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from aiguardian.guards.base import Direction, GuardContext
+from aiguardian.guards.loader import GuardLoader
+from aiguardian.guards.pipeline import Pipeline
+from aiguardian.guards.policy import PolicySet, parse, shipped
+from aiguardian.guards.remote import RemoteGuards
+
+REPO = Path(__file__).resolve().parents[2]
+SIZES = (100, 1_000, 10_000)
+INPUT_SETS = ("injection", "toxicity", "pii", "secrets")
+MODES = {"auto": None, "inline": 10**12, "thread": -1}
+
+
+def records(data: Path, task: str) -> list[dict[str, Any]]:
+    path = data / task / "dev.jsonl"
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def texts(pool: list[str], size: int) -> Iterator[str]:
+    """Endless texts of exactly ``size`` characters, each starting further along the joined pool."""
+    joined = "\n\n".join(pool)
+    while len(joined) < 2 * size:
+        joined += "\n\n" + joined
+    start = 0
+    step = max(1, size // 3)
+    while True:
+        if start + size > len(joined):
+            start = 0
+        yield joined[start : start + size]
+        start += step
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def measure(
+    pipeline: Pipeline,
+    policies: PolicySet,
+    direction: Direction,
+    size: int,
+    pool: list[str],
+    sources: list[str],
+    repeat: int,
+    thread_above: int | None,
+) -> dict[str, Any]:
+    entries = policies.named("default").entries(direction)
+    threshold = policies.file.thread_above_chars if thread_above is None else thread_above
+    source_texts = texts(sources, min(size, 4000)) if sources else None
+    feed = texts(pool, size)
+    per_guard: dict[str, list[float]] = defaultdict(list)
+    failed: set[str] = set()
+    timings: list[float] = []
+    for i in range(repeat + max(3, repeat // 10)):  # the first few warm up (and load the guards)
+        context = GuardContext(text=next(feed), direction=direction)
+        if source_texts is not None:
+            context.sources = [next(source_texts)]
+        started = time.perf_counter()
+        decision = await pipeline.run(entries, context, thread_above_chars=threshold, count=False)
+        took = (time.perf_counter() - started) * 1000
+        if i < max(3, repeat // 10):
+            continue
+        timings.append(took)
+        for verdict in decision.verdicts:
+            per_guard[verdict.guard].append(verdict.elapsed_ms)
+            if any(code.startswith("GUARD_") for code in verdict.reason_codes):
+                failed.add(verdict.guard)
+    mean = statistics.fmean(timings)
+    return {
+        "p50": percentile(timings, 0.5),
+        "p99": percentile(timings, 0.99),
+        "mean": mean,
+        "per_core": 1000 / mean if mean else float("inf"),
+        "guards": {name: statistics.fmean(values) for name, values in per_guard.items()},
+        "failed": sorted(failed),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--policy", type=Path, help="A policy file (default: the shipped default policy).")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "eval", help="shared/eval")
+    parser.add_argument("--repeat", type=int, default=200, help="Checks per size and mode (fewer for 10k).")
+    parser.add_argument("--cpu", type=int, default=None, help="Pin to this CPU (default: the first allowed).")
+    parser.add_argument("--modes", default="auto,inline,thread", help="Which of auto, inline, thread.")
+    args = parser.parse_args()
+
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = args.cpu if args.cpu is not None else allowed[0]
+    os.sched_setaffinity(0, {cpu})
+    policies = parse(args.policy.read_text(), str(args.policy)) if args.policy else shipped()
+    inputs = [r["text"] for task in INPUT_SETS for r in records(args.data, task)]
+    grounding = records(args.data, "grounding")
+    answers = [r["response"] for r in grounding]
+    sources = [r["context"] for r in grounding]
+
+    remote = RemoteGuards()
+    pipeline = Pipeline(GuardLoader(), remote)
+    console = Console()
+    console.print(
+        f"guards bench: policy {policies.source} (thread_above_chars={policies.file.thread_above_chars}), "
+        f"CPU {cpu} of {len(allowed)} allowed, Python {platform.python_version()}, {platform.machine()}",
+        highlight=False,
+    )
+    results: list[tuple[str, int, str, dict[str, Any]]] = []
+    for direction, pool, srcs in ((Direction.INPUT, inputs, []), (Direction.OUTPUT, answers, sources)):
+        for size in SIZES:
+            repeat = args.repeat if size < 10_000 else max(20, args.repeat // 4)
+            for mode in args.modes.split(","):
+                result = await measure(pipeline, policies, direction, size, pool, srcs, repeat, MODES[mode])
+                results.append((direction.value, size, mode, result))
+    await remote.close()
+
+    table = Table(title="guard policy latency, one check at a time on one core (ms)")
+    for column in ("direction", "chars", "mode", "p50", "p99", "mean", "checks/s/core", "failed guards"):
+        table.add_column(
+            column, justify="right" if column not in ("direction", "mode", "failed guards") else "left"
+        )
+    for direction_name, size, mode, r in results:
+        table.add_row(
+            direction_name,
+            f"{size:,}",
+            mode,
+            f"{r['p50']:.3f}",
+            f"{r['p99']:.3f}",
+            f"{r['mean']:.3f}",
+            f"{r['per_core']:,.0f}",
+            ", ".join(r["failed"]) or "-",
+        )
+    console.print(table)
+
+    guards = Table(title="mean ms per guard (mode auto)")
+    guards.add_column("direction")
+    guards.add_column("guard")
+    for size in SIZES:
+        guards.add_column(f"{size:,} chars", justify="right")
+    for direction_name in ("input", "output"):
+        rows = [r for d, _, mode, r in results if d == direction_name and mode == "auto"]
+        names = list(rows[0]["guards"]) if rows else []
+        for name in names:
+            guards.add_row(direction_name, name, *(f"{r['guards'].get(name, 0):.3f}" for r in rows))
+    console.print(guards)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
