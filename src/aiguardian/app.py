@@ -27,6 +27,7 @@ from aiguardian.core.ratelimit import RateLimiter
 from aiguardian.core.runtime import Runtime
 from aiguardian.gateway import deployments as gateway_deployments
 from aiguardian.gateway.admin_routes import router as deployments_router
+from aiguardian.gateway.cache import AnswerCache
 from aiguardian.gateway.manage import Deployments
 from aiguardian.gateway.providers.anthropic import AnthropicProvider
 from aiguardian.gateway.providers.base import Provider
@@ -123,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             providers,
             max_retries=settings.gateway_max_retries,
             backoff_seconds=settings.gateway_retry_backoff_seconds,
+            answers=AnswerCache(cache, ttl=settings.cache_ttl, scope=settings.gateway_cache_scope),
         )
         deployments = Deployments(settings, db, bus, router, configured=configured, providers=set(providers))
         await deployments.start()

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     gateway_retry_backoff_seconds: float = Field(
         0.2, ge=0, le=30, validation_alias=_names("gateway_retry_backoff_seconds")
     )
+    gateway_cache_scope: Literal["user", "global"] = Field(
+        "user",
+        validation_alias=_names("gateway_cache_scope"),
+        description="Who shares cached answers: each user's keys (user) or every caller (global).",
+    )
     deployment_breaker_threshold: int = Field(
         5, ge=1, validation_alias=_names("deployment_breaker_threshold")
     )
@@ -133,6 +138,15 @@ class Settings(BaseSettings):
     usage_batch_size: int = Field(500, ge=1, validation_alias=_names("usage_batch_size"))
     usage_flush_interval: float = Field(0.5, gt=0, validation_alias=_names("usage_flush_interval"))
     usage_queue_max: int = Field(100_000, ge=100, validation_alias=_names("usage_queue_max"))
+    budget_reservation_ttl_seconds: float = Field(
+        900.0,
+        gt=0,
+        validation_alias=_names("budget_reservation_ttl_seconds"),
+        description="A reservation not settled by then (its process died) is released.",
+    )
+    budget_reservation_sweep_seconds: float = Field(
+        60.0, gt=0, validation_alias=_names("budget_reservation_sweep_seconds")
+    )
     prices: dict[str, dict[str, Decimal]] = Field(
         default_factory=dict,
         validation_alias=_names("prices"),

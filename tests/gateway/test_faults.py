@@ -238,6 +238,30 @@ async def test_a_stream_cut_midway_ends_with_a_stream_broken_event(
     assert len(events) == 4, "three events passed on, then the error"
 
 
+async def test_a_stream_broken_after_its_first_chunk_counts_against_the_deployments_health(
+    launch: Launch, upstream: OpenAIUpstream
+) -> None:
+    gateway = await launch(deployment_breaker_threshold=2, gateway_max_retries=0)
+    whole = await chat(gateway, stream=True)
+    assert b"data: [DONE]" in whole.content
+    health = gateway.health("primary")
+    assert (health.requests, health.failures) == (1, 0)
+
+    for _ in range(2):
+        upstream.script("cut:3")
+        cut = await chat(gateway, stream=True)
+        assert b"U3_upstream_stream_broken" in cut.content
+    assert (health.requests, health.failures) == (3, 2), "each broken stream is one failed request"
+    assert health.breaker.state is BreakerState.OPEN, "two breaks in a row reach the threshold"
+    row = await deployment_status(gateway, "primary")
+    assert (row["state"], row["breaker"], row["requests"]) == ("unhealthy", "open", 3)
+    assert row["error_rate"] == round(2 / 3, 4)
+
+    skipped = await chat(gateway, stream=True)
+    assert skipped.status_code == 503
+    assert len(upstream.calls()) == 3, "the open breaker kept the next stream from the deployment"
+
+
 @pytest.mark.parametrize("separator", [b"\n\n", b"\r\n\r\n"])
 def test_the_usage_chunk_is_read_and_dropped_wherever_the_network_splits_the_stream(
     separator: bytes,

@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import func, select
 
 from aiguardian.settings import Settings
+from aiguardian.usage.models import BudgetCounter, UsageRecord
+from aiguardian.usage.service import UsageService
 from tests.conftest import Account, async_pg_url, make_settings, truncate_all
 
 # The demo model answers "hi" with 10 words and reports them as 10 completion tokens, 1 prompt token.
@@ -40,3 +43,19 @@ async def api_key(app: FastAPI, account: Account) -> tuple[str, dict[str, str]]:
 
 def chat(content: str = "hi", **extra: Any) -> dict[str, Any]:
     return {"model": DEMO, "messages": [{"role": "user", "content": content}], **extra}
+
+
+async def ledger(app: FastAPI) -> list[UsageRecord]:
+    """Every ledger row, oldest first, after writing what is queued."""
+    usage: UsageService = app.state.usage
+    await usage.ledger.flush()
+    async with usage.db.session() as session:
+        return list((await session.scalars(select(UsageRecord).order_by(UsageRecord.id))).all())
+
+
+async def held(app: FastAPI) -> int:
+    """Nano-dollars reserved across every budget counter."""
+    usage: UsageService = app.state.usage
+    async with usage.db.session() as session:
+        total = await session.scalar(select(func.coalesce(func.sum(BudgetCounter.reserved_nanos), 0)))
+    return int(total or 0)

@@ -12,28 +12,21 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from sqlalchemy import func, select
 
 from aiguardian.app import create_app
-from aiguardian.usage.models import BudgetCounter, UsageRecord
-from aiguardian.usage.service import BUDGET_EXCEEDED, UsageService
+from aiguardian.usage.service import BUDGET_EXCEEDED
 from tests.conftest import async_pg_url, make_account, truncate_all
 from tests.fakes.openai_upstream import OpenAIUpstream
-from tests.usage.conftest import ANSWER_COST, ANSWER_TOKENS, DEMO, api_key, chat, usage_settings
-
-
-async def ledger(app: FastAPI) -> list[UsageRecord]:
-    usage: UsageService = app.state.usage
-    await usage.ledger.flush()
-    async with usage.db.session() as session:
-        return list((await session.scalars(select(UsageRecord).order_by(UsageRecord.id))).all())
-
-
-async def held(app: FastAPI) -> int:
-    usage: UsageService = app.state.usage
-    async with usage.db.session() as session:
-        total = await session.scalar(select(func.coalesce(func.sum(BudgetCounter.reserved_nanos), 0)))
-    return int(total or 0)
+from tests.usage.conftest import (
+    ANSWER_COST,
+    ANSWER_TOKENS,
+    DEMO,
+    api_key,
+    chat,
+    held,
+    ledger,
+    usage_settings,
+)
 
 
 async def create_budget(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> dict[str, Any]:

@@ -32,6 +32,9 @@ class DeploymentSpec(BaseModel):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     context_window: int | None = Field(None, ge=1)
+    cache: bool = Field(
+        False, description="Serve repeated identical requests for this model from the answer cache."
+    )
     id: str | None = Field(None, max_length=64)
 
 
@@ -49,6 +52,7 @@ class Deployment:
     rpm: int | None = None
     tpm: int | None = None
     context_window: int | None = None
+    cache: bool = False
     enabled: bool = True
     draining: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +83,7 @@ def from_spec(spec: DeploymentSpec) -> Deployment:
         rpm=spec.rpm,
         tpm=spec.tpm,
         context_window=spec.context_window,
+        cache=spec.cache,
     )
 
 

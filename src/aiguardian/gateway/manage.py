@@ -76,6 +76,7 @@ class DeploymentUpdate(BaseModel):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     context_window: int | None = Field(None, ge=1)
+    cache: bool | None = None
 
 
 class HealthOut(BaseModel):
@@ -105,6 +106,7 @@ class DeploymentOut(BaseModel):
     rpm: int | None
     tpm: int | None
     context_window: int | None
+    cache: bool
     enabled: bool
     draining: bool
     state: DeploymentState
@@ -159,6 +161,7 @@ def _spec_of(row: ManagedDeployment) -> DeploymentCreate:
             "rpm": row.rpm,
             "tpm": row.tpm,
             "context_window": row.context_window,
+            "cache": row.cache,
         }
     )
 
@@ -291,6 +294,7 @@ class Deployments:
             rpm=deployment.rpm,
             tpm=deployment.tpm,
             context_window=deployment.context_window,
+            cache=deployment.cache,
             enabled=deployment.enabled,
             draining=deployment.draining,
             state=state_of(deployment, health),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Float, Integer, String
+from sqlalchemy import DateTime, Float, Integer, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from aiguardian.core.db import Base
@@ -25,6 +25,7 @@ class ManagedDeployment(Base):
     rpm: Mapped[int | None] = mapped_column(Integer)
     tpm: Mapped[int | None] = mapped_column(Integer)
     context_window: Mapped[int | None] = mapped_column(Integer)
+    cache: Mapped[bool] = mapped_column(default=False, server_default=false())
     enabled: Mapped[bool] = mapped_column(default=True)
     draining: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -83,6 +83,10 @@ class Router:
     def knows(self, model: str) -> bool:
         return model in self._by_model
 
+    def caches(self, model: str) -> bool:
+        """Whether answers for ``model`` go through the answer cache unless a request says otherwise."""
+        return any(d.cache for d in self._by_model.get(model, []))
+
     def plan(self, model: str) -> list[Deployment]:
         """The deployments to try, in order: this model's, by priority then weighted-random, healthy ones
         first; then each fallback model's the same way."""

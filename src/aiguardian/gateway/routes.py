@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from aiguardian.core.errors import AIGError, ReasonCode
 from aiguardian.core.http import audit
+from aiguardian.gateway.cache import CachedAnswer, CachePlan, replay
 from aiguardian.gateway.deployments import DEMO_MODEL
 from aiguardian.gateway.schemas import ChatCompletionRequest, EmbeddingsRequest, ModelCard, ModelList
 from aiguardian.gateway.service import Gateway, Outcome, StreamUsage
@@ -36,7 +37,7 @@ async def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def gateway_headers(request: Request, outcome: Outcome, cache: str = "miss") -> dict[str, str]:
+def gateway_headers(request: Request, outcome: Outcome, cache: str) -> dict[str, str]:
     elapsed_ms = (time.perf_counter() - request.state.started) * 1000
     return {
         "X-AIG-Overhead-Ms": f"{max(0.0, elapsed_ms - outcome.upstream_ms):.3f}",
@@ -133,14 +134,48 @@ async def _admit(
 
 
 def _usage_headers(call: Call) -> dict[str, str]:
-    headers = {"X-AIG-Cost": str(call.cost)}
+    headers = {"X-AIG-Cost": f"{call.cost:f}"}
     if call.warnings:
         headers["X-AIG-Budget-Warning"] = ",".join(call.warnings)
     return headers
 
 
+def _cache_plan(
+    request: Request, principal: Principal, gateway: Gateway, payload: dict[str, Any]
+) -> CachePlan:
+    return gateway.cache_plan(
+        payload,
+        user_id=principal.user_id,
+        asked=request.headers.get("x-aig-cache"),
+        cache_control=request.headers.get("cache-control"),
+    )
+
+
+async def _from_cache(
+    request: Request, usage: UsageService, call: Call, hit: CachedAnswer, *, stream: bool, wants_usage: bool
+) -> Response:
+    """Answer from the answer cache: no upstream call, cost 0, the reservation released; the ledger row
+    says what the hit saved."""
+    await usage.finish(
+        call,
+        status="ok",
+        cache_hit=True,
+        usage=hit.usage,
+        completion_text=_answer_text(hit.body) if hit.usage is None else None,
+        provider=hit.provider,
+        upstream_model=hit.upstream_model,
+    )
+    elapsed_ms = (time.perf_counter() - request.state.started) * 1000
+    headers = {"X-AIG-Overhead-Ms": f"{elapsed_ms:.3f}", "X-AIG-Cache": "hit", "X-AIG-Attempts": "0"}
+    headers.update(_usage_headers(call))
+    if not stream:
+        return Response(orjson.dumps(hit.body), media_type="application/json", headers=headers)
+    events = replay(hit.body, wants_usage) + f": X-AIG-Cost {call.cost:f}\n\n".encode()
+    return Response(events, media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
+
+
 async def _settled(
-    request: Request, usage: UsageService, call: Call, pending: Awaitable[Outcome]
+    request: Request, usage: UsageService, call: Call, pending: Awaitable[Outcome], cache: str = "off"
 ) -> Response:
     """Await a non-streamed call, settle its reservation whatever happens, answer with its body."""
     try:
@@ -161,7 +196,7 @@ async def _settled(
     return Response(
         orjson.dumps(outcome.body),
         media_type="application/json",
-        headers={**gateway_headers(request, outcome), **_usage_headers(call)},
+        headers={**gateway_headers(request, outcome, cache), **_usage_headers(call)},
     )
 
 
@@ -174,10 +209,17 @@ async def chat_completions(
     check_model(principal, body.model)  # first: a key limited to some models must not probe for others
     gateway.require_model(body.model)
     call = await _admit(request, principal, gateway, usage, payload, kind="chat", stream=body.stream)
-    if not body.stream:
-        return await _settled(request, usage, call, gateway.chat(payload))
-
     client_wants_usage = bool((body.stream_options or {}).get("include_usage"))
+    # (the input guards go here: before the cache lookup, so a cached answer is no way around them)
+    plan = _cache_plan(request, principal, gateway, payload)
+    hit = await gateway.cached(plan)
+    if hit is not None:
+        return await _from_cache(
+            request, usage, call, hit, stream=body.stream, wants_usage=client_wants_usage
+        )
+    if not body.stream:
+        return await _settled(request, usage, call, gateway.chat(payload, plan), plan.label)
+
     payload["stream_options"] = {**(body.stream_options or {}), "include_usage": True}
     try:
         outcome, first, stream = await gateway.open_stream(payload)
@@ -218,6 +260,7 @@ async def chat_completions(
             if rest:
                 yield rest
             completed = True
+            await gateway.remember_stream(plan, body.model, outcome, relayed, usage_reader.usage)
         except Exception as exc:
             yield _stream_error(f"the upstream stream broke: {getattr(exc, 'message', type(exc).__name__)}")
         finally:
@@ -225,9 +268,9 @@ async def chat_completions(
             with anyio.CancelScope(shield=True):
                 await settle()
         # The cost is known only now: an SSE comment (clients skip comments) carries it.
-        yield f": X-AIG-Cost {call.cost}\n\n".encode()
+        yield f": X-AIG-Cost {call.cost:f}\n\n".encode()
 
-    headers = gateway_headers(request, outcome)
+    headers = gateway_headers(request, outcome, plan.label)
     headers["Cache-Control"] = "no-cache"
     if call.warnings:
         headers["X-AIG-Budget-Warning"] = ",".join(call.warnings)

@@ -1,4 +1,5 @@
-"""The gateway: pick a deployment, call its provider with retries and fallbacks, account for the call."""
+"""The gateway: pick a deployment, call its provider with retries and fallbacks, account for the call in
+the deployment's health, and keep answers in the answer cache when asked to (gateway/cache.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import structlog
 
 from aiguardian.core.breaker import CircuitOpenError
 from aiguardian.core.errors import NotFound, ReasonCode, UpstreamFailed
+from aiguardian.gateway.cache import NO_CACHE, AnswerCache, CachedAnswer, CachePlan, assemble
 from aiguardian.gateway.deployments import Deployment
 from aiguardian.gateway.providers.base import Provider, UpstreamError
 from aiguardian.gateway.router import Router
@@ -80,12 +82,19 @@ def _scrub(error: UpstreamError, deployment: Deployment) -> UpstreamError:
 
 class Gateway:
     def __init__(
-        self, router: Router, providers: dict[str, Provider], *, max_retries: int, backoff_seconds: float
+        self,
+        router: Router,
+        providers: dict[str, Provider],
+        *,
+        max_retries: int,
+        backoff_seconds: float,
+        answers: AnswerCache | None = None,
     ) -> None:
         self.router = router
         self.providers = providers
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
+        self.answers = answers
 
     def require_model(self, model: str) -> None:
         """Raise the gateway's "no such model" before any accounting is done for the call."""
@@ -161,8 +170,35 @@ class Gateway:
         ]
         return min(waits) if waits else None
 
-    async def chat(self, payload: dict[str, Any]) -> Outcome:
-        return await self._call(payload, "chat")
+    # -- the answer cache --------------------------------------------------------------------------------
+
+    def cache_plan(
+        self, payload: dict[str, Any], *, user_id: str, asked: str | None, cache_control: str | None
+    ) -> CachePlan:
+        if self.answers is None:
+            return NO_CACHE
+        default = self.router.caches(payload["model"])
+        return self.answers.plan(
+            payload, user_id=user_id, default=default, asked=asked, cache_control=cache_control
+        )
+
+    async def cached(self, plan: CachePlan) -> CachedAnswer | None:
+        return None if self.answers is None else await self.answers.get(plan)
+
+    async def remember_stream(
+        self, plan: CachePlan, model: str, outcome: Outcome, chunks: list[bytes], usage: dict[str, Any] | None
+    ) -> None:
+        """Store a stream that ended well as the answer it amounts to."""
+        if self.answers is not None and plan.store:
+            await self.answers.put(plan, assemble(chunks, usage), outcome.deployment, model)
+
+    # -- calls --------------------------------------------------------------------------------------------
+
+    async def chat(self, payload: dict[str, Any], plan: CachePlan = NO_CACHE) -> Outcome:
+        outcome = await self._call(payload, "chat")
+        if self.answers is not None and plan.store:
+            await self.answers.put(plan, outcome.body, outcome.deployment, payload["model"])
+        return outcome
 
     async def embeddings(self, payload: dict[str, Any]) -> Outcome:
         return await self._call(payload, "embeddings")
@@ -181,9 +217,10 @@ class Gateway:
         usage = body.get("usage")
         return Outcome(deployment, attempts, upstream_ms, body, usage if isinstance(usage, dict) else None)
 
-    async def open_stream(self, payload: dict[str, Any]) -> tuple[Outcome, bytes, AsyncGenerator[bytes]]:
+    async def open_stream(self, payload: dict[str, Any]) -> tuple[Outcome, bytes, UpstreamStream]:
         """Start a stream: retries and fallbacks apply until the first chunk arrives; after that the chunks
-        are passed on as they come and a failure ends the stream with an error event."""
+        are passed on as they come and a failure ends the stream with an error event. How the stream ends,
+        not its first chunk, is what the deployment's health and breaker record (see ``UpstreamStream``)."""
         model = payload["model"]
 
         async def start(deployment: Deployment) -> tuple[bytes, AsyncGenerator[bytes]]:
@@ -198,14 +235,18 @@ class Gateway:
                     502, "the upstream ended the stream before any event", retryable=True
                 ) from None
 
-        deployment, attempts, upstream_ms, (first, stream) = await self._first_success(model, start)
-        return Outcome(deployment, attempts, upstream_ms), first, stream
+        deployment, attempts, upstream_ms, (first, stream) = await self._first_success(
+            model, start, settled=False
+        )
+        watched = UpstreamStream(self, deployment, stream, upstream_ms)
+        return Outcome(deployment, attempts, upstream_ms), first, watched
 
     async def _first_success(
-        self, model: str, call: Callable[[Deployment], Awaitable[T]]
+        self, model: str, call: Callable[[Deployment], Awaitable[T]], *, settled: bool = True
     ) -> tuple[Deployment, int, float, T]:
         """Try the model's plan until one call succeeds: (deployment, attempts, upstream ms, result).
-        Each outcome feeds the deployment's health; a non-retryable failure ends the tries at once."""
+        Each outcome feeds the deployment's health; a non-retryable failure ends the tries at once. With
+        ``settled=False`` the success is left for the caller to record (a stream, when it ends)."""
         last: UpstreamError | None = None
         spent = 0.0
         async for attempts, deployment in self._attempts(model):
@@ -224,9 +265,61 @@ class Gateway:
                 self._abandoned(deployment)
                 raise
             took = (time.perf_counter() - started) * 1000
-            self._succeeded(deployment, took)
+            if settled:
+                self._succeeded(deployment, took)
             return deployment, attempts, spent + took, result
         raise _failure(last, model, self._rate_limited_for(model) if last is None else None)
+
+
+class UpstreamStream:
+    """The rest of a stream after its first event, as the provider sends it. Its end settles the call in
+    the deployment's health: the stream finishing (or the client leaving) is a success, a break after the
+    first chunk a failure that counts against the breaker like a failed call. Until then the breaker's
+    half-open probe, if this is one, stays taken. Closing it more than once is harmless."""
+
+    def __init__(
+        self, gateway: Gateway, deployment: Deployment, events: AsyncGenerator[bytes], opened_ms: float
+    ) -> None:
+        self._gateway = gateway
+        self._deployment = deployment
+        self._events = events
+        self._opened_ms = opened_ms
+        self._ended = False
+
+    def __aiter__(self) -> UpstreamStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._events.__anext__()
+        except StopAsyncIteration:
+            self._end(None)
+            raise
+        except UpstreamError as error:
+            self._end(error)
+            raise
+        except Exception:  # a bug of ours says nothing about the deployment
+            self._end(None, abandoned=True)
+            raise
+
+    def _end(self, error: UpstreamError | None, *, abandoned: bool = False) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._deployment.id not in self._gateway.router.health:  # removed meanwhile
+            return
+        if abandoned:
+            self._gateway._abandoned(self._deployment)
+        elif error is None:
+            self._gateway._succeeded(self._deployment, self._opened_ms)
+        else:
+            self._gateway._failed(self._deployment, error, self._opened_ms)
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()
+        finally:
+            self._end(None)
 
 
 # An SSE event ends with a blank line; lines end with LF, CRLF or CR.

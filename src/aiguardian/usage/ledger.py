@@ -1,10 +1,14 @@
-"""The usage ledger writer: one row per gateway request, written in batches off the request path."""
+"""The usage ledger writer: one row per gateway request, written in batches off the request path. Rows the
+database would not take by shutdown are spooled to ``usage-spool.jsonl`` in the data dir and written at
+the next start (core/batch.py)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import insert
 
@@ -29,15 +33,38 @@ class LedgerEntry:
     cache_hit: bool
     status: str  # ok, error, blocked
     stream: bool
+    saved_tokens: int = 0
+    saved_cost: Decimal = Decimal(0)
 
 
 class LedgerWriter(BatchWriter[LedgerEntry]):
     name = "usage"
 
-    def __init__(self, db: Database, *, batch_size: int, flush_interval: float, queue_max: int) -> None:
-        super().__init__(batch_size=batch_size, flush_interval=flush_interval, queue_max=queue_max)
+    def __init__(
+        self,
+        db: Database,
+        *,
+        batch_size: int,
+        flush_interval: float,
+        queue_max: int,
+        spool_path: Path | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size, flush_interval=flush_interval, queue_max=queue_max, spool_path=spool_path
+        )
         self.db = db
 
     async def _write(self, batch: list[LedgerEntry]) -> None:
         async with self.db.transaction() as session:
             await session.execute(insert(UsageRecord), [asdict(entry) for entry in batch])
+
+    def _encode(self, item: LedgerEntry) -> dict[str, Any]:
+        fields = asdict(item)
+        fields["cost"], fields["saved_cost"] = str(item.cost), str(item.saved_cost)
+        fields["created_at"] = item.created_at.isoformat()
+        return fields
+
+    def _decode(self, fields: dict[str, Any]) -> LedgerEntry:
+        fields["cost"], fields["saved_cost"] = Decimal(fields["cost"]), Decimal(fields["saved_cost"])
+        fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+        return LedgerEntry(**fields)

@@ -60,6 +60,9 @@ class UsageRecord(Base):
     cache_hit: Mapped[bool] = mapped_column(Boolean)
     status: Mapped[str] = mapped_column(String(16), index=True)  # ok, error, blocked
     stream: Mapped[bool] = mapped_column(Boolean)
+    # A cache hit consumes nothing (tokens and cost 0); these say what the upstream call would have used.
+    saved_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    saved_cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default="0")
 
 
 class Budget(Base):
@@ -95,3 +98,22 @@ class BudgetCounter(Base):
     reserved_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     spent_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     reserved_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class BudgetReservation(Base):
+    """One request's hold on one budget counter, from admission until it is settled. A process that dies in
+    between leaves the row behind; once ``expires_at`` is past, a sweep (or the next refused request)
+    deletes it and gives its amount back to the counter. Settling deletes it too, so whichever comes first
+    releases the amount, and only once."""
+
+    __tablename__ = "budget_reservations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    budget_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("budgets.id", ondelete="CASCADE"), index=True
+    )
+    window: Mapped[str] = mapped_column(String(16))
+    nanos: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    trace_id: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

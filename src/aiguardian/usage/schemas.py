@@ -66,6 +66,9 @@ class UsageTotals(BaseModel):
     completion_tokens: int
     total_tokens: int
     cost_usd: Decimal
+    cache_hits: int = Field(description="Requests answered from the answer cache (no upstream call).")
+    saved_tokens: int = Field(description="Tokens the cache hits would have used upstream.")
+    saved_cost_usd: Decimal = Field(description="What the cache hits would have cost.")
 
 
 class UsageGroup(UsageTotals):

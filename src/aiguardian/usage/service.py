@@ -4,21 +4,28 @@ the real cost afterwards, write the ledger, answer usage questions. Knows no HTT
 Reserve and settle are single conditional UPDATEs on ``budget_counters``, so they are atomic on SQLite (one
 writer) and on PostgreSQL with any number of processes: a reservation succeeds only if
 ``spent + reserved + amount <= limit`` holds when the row is locked.
+
+Each hold is also a row of ``budget_reservations`` with an expiry, written in the same transaction. Settling
+deletes it; a process that dies before settling leaves it, and ``release_expired`` (a periodic sweep, and
+any request a hard budget refuses) deletes it later and gives the amount back. Whoever deletes the row
+releases the amount, so it is released exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import anyio
 import structlog
-from sqlalchemy import ColumnElement, and_, delete, func, literal_column, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from aiguardian.core.bus import EventBus
@@ -28,7 +35,7 @@ from aiguardian.core.errors import BadRequest, NotFound, RateLimited, ReasonCode
 from aiguardian.settings import Settings
 from aiguardian.usage import tokens
 from aiguardian.usage.ledger import LedgerEntry, LedgerWriter
-from aiguardian.usage.models import Budget, BudgetCounter, UsageRecord
+from aiguardian.usage.models import Budget, BudgetCounter, BudgetReservation, UsageRecord
 from aiguardian.usage.prices import PriceBook, from_nanos, to_nanos
 from aiguardian.usage.schemas import (
     BudgetCreate,
@@ -91,6 +98,7 @@ class Hold:
     window: str
     nanos: int
     tokens: int
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -143,19 +151,27 @@ class UsageService:
             batch_size=settings.usage_batch_size,
             flush_interval=settings.usage_flush_interval,
             queue_max=settings.usage_queue_max,
+            spool_path=settings.data_dir / "usage-spool.jsonl",
         )
         self._rules: list[BudgetRule] = []
         self._loaded_at = float("-inf")
         self._counters_known: set[tuple[str, str]] = set()
         self._settling: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.bus.on(BUDGET_CHANGED, self._budgets_changed)
         await self.ledger.start()
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep(), name="budget-reservation-sweep")
         # Build the encoding now, in a thread, rather than on the first request.
-        asyncio.get_running_loop().run_in_executor(None, tokens.encoding)
+        loop.run_in_executor(None, tokens.encoding)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._settling:
             await asyncio.wait(self._settling, timeout=10)
         await self.ledger.close()
@@ -248,7 +264,13 @@ class UsageService:
         call = Call(trace_id, user_id, key_id, model, stream, prompt_tokens, max_completion, nanos)
         rules = await self.rules_for(user_id, key_id)
         if rules:
-            await self._reserve(call, rules, prompt_tokens + max_completion)
+            try:
+                await self._reserve(call, rules, prompt_tokens + max_completion)
+            except BudgetExceeded:
+                # The room may be held by a process that died mid-request: free what has expired, try again.
+                if not await self.release_expired(only_if_any=True):
+                    raise
+                await self._reserve(call, rules, prompt_tokens + max_completion)
         return call
 
     def _fits(self, rule: BudgetRule, nanos: int, toks: int) -> ColumnElement[bool]:
@@ -277,6 +299,7 @@ class UsageService:
 
     async def _reserve(self, call: Call, rules: list[BudgetRule], toks: int) -> None:
         now = utc_now()
+        expires_at = now + timedelta(seconds=self.settings.budget_reservation_ttl_seconds)
         refused: BudgetRule | None = None
         try:
             async with self.db.transaction() as session:
@@ -300,6 +323,21 @@ class UsageService:
                         await session.execute(update(BudgetCounter).where(where).values(**add))
                         call.warnings.append(rule.id)
                     call.holds.append(Hold(rule.id, window, call.reserved_nanos, toks))
+                await session.execute(
+                    insert(BudgetReservation),
+                    [
+                        {
+                            "id": hold.id,
+                            "budget_id": hold.budget_id,
+                            "window": hold.window,
+                            "nanos": hold.nanos,
+                            "tokens": hold.tokens,
+                            "trace_id": call.trace_id[:128],
+                            "expires_at": expires_at,
+                        }
+                        for hold in call.holds
+                    ],
+                )
         except _Refused:
             call.holds.clear()
             assert refused is not None
@@ -337,12 +375,20 @@ class UsageService:
     ) -> Decimal:
         """Settle once: the real cost moves to spent, the reservation is released, a ledger row is queued.
         Safe to call from ``finally`` blocks of cancelled tasks: the database work is shielded. ``charge``
-        (default: only when ``ok``) says whether tokens were consumed, as by a stream cut midway."""
+        (default: only when ``ok``) says whether tokens were consumed, as by a stream cut midway. A
+        ``cache_hit`` consumes nothing: ``usage`` is the cached answer's, recorded as tokens and cost saved."""
         if call.finished:
             return call.cost
         call.finished = True
         prompt, completion = 0, 0
-        if status == "ok" if charge is None else charge:
+        saved_tokens, saved_nanos = 0, 0
+        if cache_hit:
+            would_prompt, would_complete = await self._tokens(call, usage, completion_text)
+            saved_tokens = would_prompt + would_complete
+            saved_nanos = self.prices.cost_nanos(
+                call.model, would_prompt, would_complete, provider=provider, upstream=upstream_model
+            )
+        elif status == "ok" if charge is None else charge:
             prompt, completion = await self._tokens(call, usage, completion_text)
             call.cost_nanos = self.prices.cost_nanos(
                 call.model, prompt, completion, provider=provider, upstream=upstream_model
@@ -365,6 +411,8 @@ class UsageService:
                 cache_hit=cache_hit,
                 status=status,
                 stream=call.stream,
+                saved_tokens=saved_tokens,
+                saved_cost=from_nanos(saved_nanos),
             )
         )
         return call.cost
@@ -385,15 +433,20 @@ class UsageService:
             try:
                 async with self.db.transaction() as session:
                     for hold in call.holds:
+                        # Gone when it expired and a sweep released it already: then only the spending counts.
+                        removed = await session.execute(
+                            delete(BudgetReservation).where(BudgetReservation.id == hold.id)
+                        )
+                        held = removed.rowcount == 1  # type: ignore[attr-defined]
                         await session.execute(
                             update(BudgetCounter)
                             .where(
                                 BudgetCounter.budget_id == hold.budget_id, BudgetCounter.window == hold.window
                             )
                             .values(
-                                reserved_nanos=BudgetCounter.reserved_nanos - hold.nanos,
+                                reserved_nanos=BudgetCounter.reserved_nanos - (hold.nanos if held else 0),
                                 spent_nanos=BudgetCounter.spent_nanos + call.cost_nanos,
-                                reserved_tokens=BudgetCounter.reserved_tokens - hold.tokens,
+                                reserved_tokens=BudgetCounter.reserved_tokens - (hold.tokens if held else 0),
                                 spent_tokens=BudgetCounter.spent_tokens + used_tokens,
                             )
                         )
@@ -402,7 +455,60 @@ class UsageService:
             except Exception as exc:
                 log.warning("budget settlement failed", attempt=attempt + 1, error=type(exc).__name__)
                 await asyncio.sleep(0.2 * (attempt + 1))
-        log.error("budget reservation left held", trace_id=call.trace_id, holds=len(call.holds))
+        log.error(
+            "budget reservation left held until it expires", trace_id=call.trace_id, holds=len(call.holds)
+        )
+
+    # -- reservations left behind -------------------------------------------------------------------------
+
+    async def release_expired(self, now: datetime | None = None, *, only_if_any: bool = False) -> int:
+        """Delete the reservations that expired by ``now`` and give their amounts back to the counters;
+        returns how many. ``only_if_any`` first looks with a plain read, so a busy refused path does not
+        queue for SQLite's one writer when there is nothing to release."""
+        now = now or utc_now()
+        expired = BudgetReservation.expires_at <= now
+        if only_if_any:
+            async with self.db.session() as session:
+                if await session.scalar(select(BudgetReservation.id).where(expired).limit(1)) is None:
+                    return 0
+        async with self.db.transaction() as session:
+            rows = (
+                await session.execute(
+                    delete(BudgetReservation)
+                    .where(expired)
+                    .returning(
+                        BudgetReservation.budget_id,
+                        BudgetReservation.window,
+                        BudgetReservation.nanos,
+                        BudgetReservation.tokens,
+                    )
+                )
+            ).all()
+            nanos: Counter[tuple[str, str]] = Counter()
+            toks: Counter[tuple[str, str]] = Counter()
+            for budget_id, window, held_nanos, held_tokens in rows:
+                nanos[(budget_id, window)] += held_nanos
+                toks[(budget_id, window)] += held_tokens
+            for (budget_id, window), amount in sorted(nanos.items()):  # one lock order, as in _reserve
+                await session.execute(
+                    update(BudgetCounter)
+                    .where(BudgetCounter.budget_id == budget_id, BudgetCounter.window == window)
+                    .values(
+                        reserved_nanos=BudgetCounter.reserved_nanos - amount,
+                        reserved_tokens=BudgetCounter.reserved_tokens - toks[(budget_id, window)],
+                    )
+                )
+        if rows:
+            log.warning("expired budget reservations released", reservations=len(rows))
+        return len(rows)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.budget_reservation_sweep_seconds)
+            try:
+                await self.release_expired(only_if_any=True)
+            except Exception as exc:  # the database is down: the next sweep tries again
+                log.warning("budget reservation sweep failed", error=type(exc).__name__)
 
     async def blocked(
         self, *, trace_id: str, user_id: str | None, key_id: str | None, model: str, stream: bool
@@ -490,6 +596,7 @@ class UsageService:
     async def delete_budget(self, budget_id: str) -> BudgetOut:
         out = await self.get_budget(budget_id)
         async with self.db.transaction() as session:
+            await session.execute(delete(BudgetReservation).where(BudgetReservation.budget_id == budget_id))
             await session.execute(delete(BudgetCounter).where(BudgetCounter.budget_id == budget_id))
             await session.execute(delete(Budget).where(Budget.id == budget_id))
         self._counters_known = {k for k in self._counters_known if k[0] != budget_id}
@@ -548,17 +655,25 @@ class UsageService:
             func.coalesce(func.sum(UsageRecord.prompt_tokens), 0),
             func.coalesce(func.sum(UsageRecord.completion_tokens), 0),
             func.coalesce(func.sum(UsageRecord.cost), 0),
+            func.count(UsageRecord.id).filter(UsageRecord.cache_hit.is_(True)),
+            func.coalesce(func.sum(UsageRecord.saved_tokens), 0),
+            func.coalesce(func.sum(UsageRecord.saved_cost), 0),
         )
+
+        def usd(value: Any) -> Decimal:
+            return value if isinstance(value, Decimal) else from_nanos(int(value))
 
         def totals(row: Any) -> dict[str, Any]:
             prompt, completion = int(row[1]), int(row[2])
-            cost = row[3] if isinstance(row[3], Decimal) else from_nanos(int(row[3]))
             return {
                 "requests": int(row[0]),
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
                 "total_tokens": prompt + completion,
-                "cost_usd": cost,
+                "cost_usd": usd(row[3]),
+                "cache_hits": int(row[4]),
+                "saved_tokens": int(row[5]),
+                "saved_cost_usd": usd(row[6]),
             }
 
         async with self.db.session() as session:
