@@ -14,7 +14,8 @@ from aiguardian.audit import service as audit_service
 from aiguardian.audit.routes import router as audit_router
 from aiguardian.audit.writer import AuditWriter
 from aiguardian.content.routes import router as posts_router
-from aiguardian.core import metrics, migrate
+from aiguardian.conversations.routes import router as conversations_router
+from aiguardian.core import events, metrics, migrate
 from aiguardian.core.bus import build_bus
 from aiguardian.core.cache import build_cache
 from aiguardian.core.datadir import prepare_data_dir
@@ -45,6 +46,8 @@ from aiguardian.identity.routes import auth_router, keys_router, users_router
 from aiguardian.identity.service import Identity
 from aiguardian.ops.probes import cache_probe, database_probe
 from aiguardian.ops.routes import router as ops_router
+from aiguardian.realtime import start_hub, stop_hub
+from aiguardian.realtime.routes import router as realtime_router
 from aiguardian.settings import Settings, load_settings
 from aiguardian.usage.routes import budgets_router, usage_router
 from aiguardian.usage.service import UsageService
@@ -90,12 +93,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limiter = RateLimiter(settings.redis_url, settings.cache_namespace, settings.redis_retry_seconds)
         identity = Identity(settings, secrets.secret_key, db, cache.memory, bus)
         await ensure_first_admin(identity)
+        hub = app.state.hub = start_hub(settings, bus, identity)
         writer = AuditWriter(
             db,
             batch_size=settings.audit_batch_size,
             flush_interval=settings.audit_flush_interval,
             queue_max=settings.audit_queue_max,
             spool_path=settings.data_dir / "audit-spool.jsonl",
+            bus=bus,
         )
         await writer.start()
         usage = UsageService(settings, db, bus)
@@ -148,6 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await guards.close()
             for provider in providers.values():
                 await provider.close()
+            stop_hub(hub)
+            await events.drain(bus)
             await bus.close()
             await cache.close()
             await db.close()
@@ -172,6 +179,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(keys_router)
     app.include_router(audit_router)
     app.include_router(posts_router)
+    app.include_router(conversations_router)
+    app.include_router(realtime_router)
     app.include_router(usage_router)
     app.include_router(budgets_router)
     app.include_router(guards_router)
@@ -183,6 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         writer: AuditWriter | None = getattr(app.state, "audit_writer", None)
         if writer is not None and done.path not in excluded:
             writer.submit(audit_service.entry_from_request(done))
+            events.emit(app.state.runtime.bus, events.RequestCompleted.from_record(done))
 
     def admit() -> AIGError | None:
         writer: AuditWriter | None = getattr(app.state, "audit_writer", None)

@@ -2,6 +2,7 @@
 
 from aiguardian.audit.models import AuditRecord
 from aiguardian.content.models import Post, PostTag
+from aiguardian.conversations.models import Conversation, Message
 from aiguardian.core.db import Base
 from aiguardian.gateway.models import ManagedDeployment
 from aiguardian.identity.models import ApiKey, RefreshToken, User
@@ -14,7 +15,9 @@ __all__ = [
     "AuditRecord",
     "Budget",
     "BudgetCounter",
+    "Conversation",
     "ManagedDeployment",
+    "Message",
     "Post",
     "PostTag",
     "RefreshToken",

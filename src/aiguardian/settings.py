@@ -135,6 +135,25 @@ class Settings(BaseSettings):
         validation_alias=_names("audit_exclude_paths"),
     )
 
+    realtime_auth_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, validation_alias=_names("realtime_auth_timeout_seconds")
+    )
+    realtime_ping_seconds: float = Field(
+        20.0,
+        gt=0,
+        le=3600,
+        validation_alias=_names("realtime_ping_seconds"),
+        description="Quiet seconds before a WebSocket ping (and a credential re-check on WebSocket and SSE).",
+    )
+    realtime_send_queue: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        validation_alias=_names("realtime_send_queue"),
+        description="Events waiting for one subscriber; past it the subscriber is disconnected (slow consumer).",
+    )
+    realtime_max_connections: int = Field(10_000, ge=1, validation_alias=_names("realtime_max_connections"))
+
     usage_batch_size: int = Field(500, ge=1, validation_alias=_names("usage_batch_size"))
     usage_flush_interval: float = Field(0.5, gt=0, validation_alias=_names("usage_flush_interval"))
     usage_queue_max: int = Field(100_000, ge=100, validation_alias=_names("usage_queue_max"))

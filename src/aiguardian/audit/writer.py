@@ -16,7 +16,10 @@ from sqlalchemy import insert, select, text
 
 from aiguardian.audit.chain import GENESIS, AuditEntry, link
 from aiguardian.audit.models import AuditRecord
+from aiguardian.core import events
 from aiguardian.core.batch import BatchWriter
+from aiguardian.core.bus import EventBus
+from aiguardian.core.clock import iso
 from aiguardian.core.db import Database
 
 # Any constant: the same in every process that appends to the chain.
@@ -34,11 +37,13 @@ class AuditWriter(BatchWriter[AuditEntry]):
         flush_interval: float,
         queue_max: int,
         spool_path: Path,
+        bus: EventBus | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size, flush_interval=flush_interval, queue_max=queue_max, spool_path=spool_path
         )
         self.db = db
+        self.bus = bus
 
     async def _write(self, batch: list[AuditEntry]) -> None:
         async with self.db.transaction() as session:
@@ -62,6 +67,16 @@ class AuditWriter(BatchWriter[AuditEntry]):
                 )
                 prev = digest
             await session.execute(insert(AuditRecord), rows)
+        # After the commit. Publishing never raises (the bus logs its failures): a retry would write twice.
+        if self.bus is not None:
+            appended = events.AuditAppended(
+                user_id=None,
+                count=len(batch),
+                first_at=iso(batch[0].created_at),
+                last_at=iso(batch[-1].created_at),
+                head_hash=prev,
+            )
+            await events.publish(self.bus, appended)
 
     def _encode(self, item: AuditEntry) -> dict[str, Any]:
         return item.hashed_fields()

@@ -6,8 +6,6 @@ Knows no HTTP. A published post is visible to every reader; a draft only to its 
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,16 +13,11 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Integer,
-    column,
     delete,
     exists,
-    func,
     insert,
-    literal_column,
     or_,
     select,
-    text,
     true,
 )
 from sqlalchemy.exc import IntegrityError
@@ -36,10 +29,7 @@ from aiguardian.core.clock import iso, utc_now
 from aiguardian.core.db import Database
 from aiguardian.core.errors import Conflict, Forbidden, NotFound
 from aiguardian.core.pagination import decode_int_cursor, encode_cursor
-
-_MAX_SEARCH_WORDS = 32
-# Letters and digits only: what both FTS5's unicode61 tokenizer and PostgreSQL's parser call words.
-_WORD = re.compile(r"[^\W_]+")
+from aiguardian.core.search import matching, search_words
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,27 +54,8 @@ def post_out(post: Post, tags: Iterable[str]) -> PostOut:
     )
 
 
-def search_words(q: str) -> list[str]:
-    """The words of a search, in order, each once. Operators and quotes are not words: text is only text."""
-    words = _WORD.findall(unicodedata.normalize("NFKC", q).lower())
-    return list(dict.fromkeys(words))[:_MAX_SEARCH_WORDS]
-
-
-def _fts5_query(words: list[str]) -> str:
-    # Every word becomes an FTS5 string (a quote inside is doubled), so no user text is ever FTS5 syntax.
-    return " AND ".join('"' + word.replace('"', '""') + '"' for word in words)
-
-
 def _matches(db: Database, words: list[str]) -> ColumnElement[bool]:
-    if db.is_sqlite:
-        hits = (
-            text(f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :fts_query")  # noqa: S608 (constant)
-            .bindparams(fts_query=_fts5_query(words))
-            .columns(column("rowid", Integer))
-        )
-        return Post.id.in_(hits)
-    query = func.plainto_tsquery(literal_column("'simple'::regconfig"), " ".join(words))
-    return literal_column(f"{Post.__tablename__}.search").op("@@", is_comparison=True)(query)
+    return matching(Post.id, words, sqlite=db.is_sqlite, fts_table=FTS_TABLE, tsvector="posts.search")
 
 
 def _visible_to(viewer: Viewer) -> ColumnElement[bool]:

@@ -16,7 +16,7 @@ def decode_cursor(cursor: str) -> str:
     try:
         return base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
     except (ValueError, UnicodeDecodeError):
-        raise _bad_cursor() from None
+        raise bad_cursor() from None
 
 
 MAX_ROW_ID = 2**63 - 1
@@ -27,13 +27,13 @@ def decode_int_cursor(cursor: str) -> int:
     try:
         value = int(decode_cursor(cursor))
     except ValueError:
-        raise _bad_cursor() from None
+        raise bad_cursor() from None
     if not 0 < value <= MAX_ROW_ID:
-        raise _bad_cursor()
+        raise bad_cursor()
     return value
 
 
-def _bad_cursor() -> ValidationFailed:
+def bad_cursor() -> ValidationFailed:
     return ValidationFailed(
         "cursor: not a cursor returned by this API", details=[{"field": "query.cursor", "message": "invalid"}]
     )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 
-def presented_credential(request: Request) -> str | None:
-    """The credential a client sent: ``Authorization: Bearer …`` or ``X-API-Key``."""
+def presented_credential(request: HTTPConnection) -> str | None:
+    """The credential a client sent: ``Authorization: Bearer …`` or ``X-API-Key`` (an HTTP request's or a
+    WebSocket's headers)."""
     header = request.headers.get("authorization")
     if header:
         scheme, _, value = header.partition(" ")
