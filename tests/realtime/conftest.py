@@ -98,15 +98,17 @@ async def live(app: FastAPI) -> AsyncIterator[Live]:
 
 
 async def open_socket(
-    live: Live,
+    live: Live | str,
     *,
     headers: dict[str, str] | None = None,
     token: str | None = None,
     topics: list[str] | None = None,
     path: str = "/api/v1/ws",
 ) -> ClientConnection:
-    """Connect, authenticate (by header, or by a first `auth` message with ``token``), subscribe."""
-    ws = await connect(live.ws_url + path, additional_headers=headers or {}, proxy=None)
+    """Connect to ``live`` (or a ``ws://host:port`` base), authenticate (by header, or by a first `auth`
+    message with ``token``), subscribe."""
+    base = live.ws_url if isinstance(live, Live) else live
+    ws = await connect(base + path, additional_headers=headers or {}, proxy=None)
     if token is not None:
         await ws.send(json.dumps({"type": "auth", "token": token}))
     ready = await next_message(ws)
