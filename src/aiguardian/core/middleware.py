@@ -7,6 +7,7 @@ unexpected fail-closed, times the request, counts it in metrics, writes the acce
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from datetime import datetime
 
 import orjson
 import structlog
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiguardian.core import metrics
@@ -23,6 +25,8 @@ from aiguardian.core.errors import AIGError, InternalError, PayloadTooLarge
 from aiguardian.core.ids import accept_request_id
 
 log = structlog.get_logger("aiguardian.http")
+# The standard library logger behind ``log``: asked first, a line below the level costs no event at all.
+_access_log = logging.getLogger("aiguardian.http")
 
 REQUEST_ID_HEADER = b"x-request-id"
 
@@ -78,6 +82,8 @@ class RequestContextMiddleware:
         self.on_complete = on_complete
         self.admission = admission
         self.quiet_paths = quiet_paths
+        # Each request's metric children: ``labels()`` looks them up under a lock on every call.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -200,12 +206,18 @@ class RequestContextMiddleware:
         route = getattr(route_obj, "path", None) or "unmatched"
         method = scope["method"]
         path = scope["path"]
-        metrics.HTTP_REQUESTS.labels(method, route, str(status_code)).inc()
-        metrics.HTTP_LATENCY.labels(method, route).observe(elapsed)
+        series = self._series.get((method, route, status_code))
+        if series is None:
+            series = self._series[(method, route, status_code)] = (
+                metrics.HTTP_REQUESTS.labels(method, route, str(status_code)),
+                metrics.HTTP_LATENCY.labels(method, route),
+            )
+        series[0].inc()
+        series[1].observe(elapsed)
         latency_ms = round(elapsed * 1000, 3)
         reasons = state.get("reason_codes")
         reason_codes = list(reasons) if isinstance(reasons, list) else []
-        if path not in self.quiet_paths:
+        if path not in self.quiet_paths and _access_log.isEnabledFor(logging.INFO):
             log.info("request", method=method, path=path, status=status_code, latency_ms=latency_ms)
         if self.on_complete is not None:
             client = scope.get("client")
