@@ -158,6 +158,7 @@ class UsageService:
         self._counters_known: set[tuple[str, str]] = set()
         self._settling: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._lazy_release_after = float("-inf")
 
     async def start(self) -> None:
         self.bus.on(BUDGET_CHANGED, self._budgets_changed)
@@ -267,7 +268,11 @@ class UsageService:
             try:
                 await self._reserve(call, rules, prompt_tokens + max_completion)
             except BudgetExceeded:
-                # The room may be held by a process that died mid-request: free what has expired, try again.
+                # The room may be held by a process that died mid-request: free what has expired (looked
+                # for at most once a second, so a flood of refusals does not become a flood of queries).
+                if time.monotonic() < self._lazy_release_after:
+                    raise
+                self._lazy_release_after = time.monotonic() + 1.0
                 if not await self.release_expired(only_if_any=True):
                     raise
                 await self._reserve(call, rules, prompt_tokens + max_completion)
@@ -301,10 +306,28 @@ class UsageService:
         now = utc_now()
         expires_at = now + timedelta(seconds=self.settings.budget_reservation_ttl_seconds)
         refused: BudgetRule | None = None
+        holds = [Hold(rule.id, window_of(rule.period, now), call.reserved_nanos, toks) for rule in rules]
         try:
             async with self.db.transaction() as session:
-                for rule in rules:  # in id order, so concurrent reservations lock rows in one order
-                    window = window_of(rule.period, now)
+                # The reservation rows first: the counter rows' locks, which every concurrent request
+                # waits for, are then held only from their UPDATE to the commit.
+                await session.execute(
+                    insert(BudgetReservation),
+                    [
+                        {
+                            "id": hold.id,
+                            "budget_id": hold.budget_id,
+                            "window": hold.window,
+                            "nanos": hold.nanos,
+                            "tokens": hold.tokens,
+                            "trace_id": call.trace_id[:128],
+                            "expires_at": expires_at,
+                        }
+                        for hold in holds
+                    ],
+                )
+                for rule, hold in zip(rules, holds, strict=True):  # in id order: one lock order for all
+                    window = hold.window
                     await self._ensure_counter(session, rule.id, window)
                     where = and_(BudgetCounter.budget_id == rule.id, BudgetCounter.window == window)
                     add = {
@@ -322,22 +345,7 @@ class UsageService:
                             raise _Refused
                         await session.execute(update(BudgetCounter).where(where).values(**add))
                         call.warnings.append(rule.id)
-                    call.holds.append(Hold(rule.id, window, call.reserved_nanos, toks))
-                await session.execute(
-                    insert(BudgetReservation),
-                    [
-                        {
-                            "id": hold.id,
-                            "budget_id": hold.budget_id,
-                            "window": hold.window,
-                            "nanos": hold.nanos,
-                            "tokens": hold.tokens,
-                            "trace_id": call.trace_id[:128],
-                            "expires_at": expires_at,
-                        }
-                        for hold in call.holds
-                    ],
-                )
+                    call.holds.append(hold)
         except _Refused:
             call.holds.clear()
             assert refused is not None
@@ -432,12 +440,15 @@ class UsageService:
         for attempt in range(3):
             try:
                 async with self.db.transaction() as session:
+                    # A reservation is gone when it expired and a sweep released it already: then only the
+                    # spending counts. (Deleted before the counter UPDATEs, which lock what others wait for.)
+                    still_held = []
                     for hold in call.holds:
-                        # Gone when it expired and a sweep released it already: then only the spending counts.
                         removed = await session.execute(
                             delete(BudgetReservation).where(BudgetReservation.id == hold.id)
                         )
-                        held = removed.rowcount == 1  # type: ignore[attr-defined]
+                        still_held.append(removed.rowcount == 1)  # type: ignore[attr-defined]
+                    for hold, held in zip(call.holds, still_held, strict=True):
                         await session.execute(
                             update(BudgetCounter)
                             .where(
