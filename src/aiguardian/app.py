@@ -153,7 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await guards.close()
             for provider in providers.values():
                 await provider.close()
-            stop_hub(hub)
+            await stop_hub(hub)
             await events.drain(bus)
             await bus.close()
             await cache.close()

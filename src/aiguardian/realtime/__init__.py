@@ -18,14 +18,16 @@ def start_hub(settings: Settings, bus: EventBus, identity: Identity) -> Hub:
         identity,
         queue_max=settings.realtime_send_queue,
         max_connections=settings.realtime_max_connections,
+        ping_seconds=settings.realtime_ping_seconds,
     )
+    hub.start()
     metrics.LIVE.sources[f"realtime-{id(hub)}"] = lambda: _gauges(hub)
     return hub
 
 
-def stop_hub(hub: Hub) -> None:
-    hub.close_all(1001, "server shutting down")
+async def stop_hub(hub: Hub) -> None:
     metrics.LIVE.sources.pop(f"realtime-{id(hub)}", None)
+    await hub.close()
 
 
 def _gauges(hub: Hub) -> Iterable[tuple[str, str, dict[str, str], float]]:

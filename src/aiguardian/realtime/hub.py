@@ -7,8 +7,10 @@ credential with the ``admin`` scope, as for every admin right). It is serialised
 Each subscriber has a bounded queue. Delivery never waits: a subscriber whose queue is full is too slow to
 keep up and is disconnected (:data:`SLOW_CONSUMER`) instead of holding ever more memory.
 
-Credentials are checked again on every keepalive tick and at once when the identity feature says a user, a
-key or a session changed, so a revoked key or a disabled account loses its sockets too.
+One task per process keeps the subscribers alive: every ``ping_seconds`` it pings the WebSocket
+subscribers that were sent nothing since the last tick and checks every subscriber's credential again (it is
+cached: cheap). Credentials are also checked at once when the identity feature says a user, a key or a
+session changed, so a revoked key, an expired token or a disabled account loses its sockets too.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ MESSAGE_TOO_BIG = 1009  # a client message over MAX_CLIENT_MESSAGE characters
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013  # too many connections on this process, or connection attempts from this IP
 SLOW_CONSUMER = 4008  # the client did not read its events fast enough; its queue was full
+GOING_AWAY = 1001  # the server is shutting down
 CLIENT_GONE = 0  # not a close code: the client went away first, there is nothing to send
 
 MAX_CLIENT_MESSAGE = 16_384
+PING = '{"type":"ping"}'
 
 _PREFIXES = frozenset(topic.rsplit(".", 1)[0] for topic in TOPICS)
 
@@ -85,13 +89,15 @@ class Delivery:
 class Subscriber:
     """One connected client: who it is, the topics it asked for, and what waits to be sent to it."""
 
-    def __init__(self, principal: Principal, credential: str, queue_max: int) -> None:
+    def __init__(self, principal: Principal, credential: str, queue_max: int, *, pings: bool) -> None:
         self.principal = principal
         self.credential = credential
+        self.pings = pings  # a WebSocket: pinged when quiet (SSE streams get FastAPI's keepalive comments)
         self.patterns: set[str] = set()
         self.topics: frozenset[str] = frozenset()
         # Items are deliveries, or (WebSocket only) answers to the client's own messages, ready to send.
         self.queue: asyncio.Queue[Delivery | str | None] = asyncio.Queue(queue_max)
+        self.quiet = False  # nothing was offered since the hub's last keepalive tick
         self.close_code: int | None = None
         self.close_reason = ""
 
@@ -115,6 +121,7 @@ class Subscriber:
     def offer(self, item: Delivery | str) -> None:
         if self.close_code is not None:
             return
+        self.quiet = False
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -130,22 +137,22 @@ class Subscriber:
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(None)
 
-    async def next(self, within: float) -> Delivery | str | None:
-        """The next item to send; None when ``within`` seconds passed first or the subscription ended."""
-        if not self.queue.empty():
-            return self.queue.get_nowait()
-        try:
-            async with asyncio.timeout(within):
-                return await self.queue.get()
-        except TimeoutError:
+    async def next(self) -> Delivery | str | None:
+        """The next item to send; None once the subscription has ended (then ``close_code`` says why)."""
+        if self.close_code is not None:
             return None
+        return await self.queue.get()
 
 
 class Hub:
-    def __init__(self, bus: EventBus, identity: Identity, *, queue_max: int, max_connections: int) -> None:
+    def __init__(
+        self, bus: EventBus, identity: Identity, *, queue_max: int, max_connections: int, ping_seconds: float
+    ) -> None:
         self.identity = identity
         self.queue_max = queue_max
         self.max_connections = max_connections
+        self.ping_seconds = ping_seconds
+        self._keepalive: asyncio.Task[None] | None = None
         self._subscribers: set[Subscriber] = set()
         self._admins: set[Subscriber] = set()
         self._by_user: dict[str, set[Subscriber]] = {}
@@ -170,8 +177,22 @@ class Hub:
     def full(self) -> bool:
         return len(self._subscribers) >= self.max_connections
 
-    def subscriber(self, principal: Principal, credential: str) -> Subscriber:
-        return Subscriber(principal, credential, self.queue_max)
+    def subscriber(self, principal: Principal, credential: str, *, pings: bool) -> Subscriber:
+        return Subscriber(principal, credential, self.queue_max, pings=pings)
+
+    def start(self) -> None:
+        self._keepalive = asyncio.get_running_loop().create_task(
+            self._keep_alive(), name="realtime-keepalive"
+        )
+
+    async def close(self) -> None:
+        for subscriber in list(self._subscribers):
+            subscriber.kick(GOING_AWAY, "server shutting down")
+        for task in [self._keepalive, *self._rechecks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def add(self, subscriber: Subscriber) -> bool:
         if self.full:
@@ -187,10 +208,6 @@ class Hub:
         self._unindex(subscriber)
         if subscriber.close_code == SLOW_CONSUMER:
             self.slow_consumers += 1
-
-    def close_all(self, code: int, reason: str) -> None:
-        for subscriber in list(self._subscribers):
-            subscriber.kick(code, reason)
 
     def _index(self, subscriber: Subscriber) -> None:
         if sees_everything(subscriber.principal):
@@ -218,7 +235,19 @@ class Hub:
                     subscriber.offer(delivery)
                     self.delivered += 1
 
-    # -- credentials ----------------------------------------------------------------------------------------
+    # -- keepalive and credentials --------------------------------------------------------------------------
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self.ping_seconds)
+            for subscriber in list(self._subscribers):
+                if subscriber.quiet and subscriber.pings:
+                    subscriber.offer(PING)
+                subscriber.quiet = True
+                try:
+                    await self.recheck(subscriber)
+                except Exception:
+                    log.exception("credential re-check failed")
 
     async def recheck(self, subscriber: Subscriber) -> bool:
         """Is the subscriber's credential still good? If not, the subscription is ended (1008)."""

@@ -43,7 +43,7 @@ async def _subscriber(
     credential = presented_credential(request)
     assert credential is not None  # Reader has authenticated it
     hub = _hub(request)
-    subscriber = hub.subscriber(principal, credential)
+    subscriber = hub.subscriber(principal, credential, pings=False)
     try:
         patterns = [part.strip() for part in topics.split(",") if part.strip()]
         if not patterns:
@@ -66,7 +66,6 @@ async def event_stream(
     """Server-sent events: a `ready` event, then one event per delivery (its name is the topic, its data the
     event as JSON), `: ping` comments when quiet, and a last `close` event if the server ends the stream."""
     hub = _hub(request)
-    interval = request.app.state.runtime.settings.realtime_ping_seconds
     if not hub.add(subscriber):
         yield ServerSentEvent(event="close", data={"code": TRY_AGAIN_LATER, "reason": "too many connections"})
         return
@@ -81,14 +80,8 @@ async def event_stream(
                 "subscribed": sorted(subscriber.patterns),
             },
         )
-        while subscriber.close_code is None:
-            item = await subscriber.next(interval)
-            if subscriber.close_code is not None:
-                break
-            if item is None:
-                if not await hub.recheck(subscriber):
-                    break
-            elif isinstance(item, Delivery):
+        while (item := await subscriber.next()) is not None and subscriber.close_code is None:
+            if isinstance(item, Delivery):
                 yield item.sse
         yield ServerSentEvent(
             event="close", data={"code": subscriber.close_code, "reason": subscriber.close_reason}

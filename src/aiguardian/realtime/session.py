@@ -42,7 +42,6 @@ from aiguardian.realtime.schemas import Auth, Ping, Pong, Subscribe, Unsubscribe
 
 log = structlog.get_logger("aiguardian.realtime")
 
-PING = '{"type":"ping"}'
 # Seconds a close may wait for a client that does not read; then the connection is left to the server's
 # own keepalive, which drops it.
 CLOSE_TIMEOUT = 5.0
@@ -116,7 +115,7 @@ class Session:
         if "read" not in principal.scopes:
             await self._refuse(ReasonCode.SCOPE_MISSING, 403)
             return None
-        subscriber = self.hub.subscriber(principal, credential)
+        subscriber = self.hub.subscriber(principal, credential, pings=True)
         subscriber.offer(self._ready(subscriber, message_id))
         return subscriber
 
@@ -182,19 +181,12 @@ class Session:
             await self._close(subscriber.close_code, subscriber.close_reason)
 
     async def _send(self, subscriber: Subscriber) -> None:
-        interval = self.settings.realtime_ping_seconds
+        bound = self.settings.realtime_ping_seconds
         try:
-            while subscriber.close_code is None:
-                item = await subscriber.next(interval)
-                if subscriber.close_code is not None:
-                    break
-                if item is None:  # quiet for a whole interval: is the credential still good? then ping
-                    if not await self.hub.recheck(subscriber):
-                        break
-                    item = PING
-                # A client that takes a whole interval to accept one frame is as slow as one whose
+            while (item := await subscriber.next()) is not None and subscriber.close_code is None:
+                # A client that takes a whole ping interval to accept one frame is as slow as one whose
                 # queue overflows; without this bound a client that stops reading would hold its task.
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(bound):
                     await self.ws.send_text(item if isinstance(item, str) else item.ws)
         except TimeoutError:
             subscriber.kick(SLOW_CONSUMER, "slow consumer")
