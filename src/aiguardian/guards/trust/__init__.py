@@ -1,0 +1,1 @@
+"""TrustGuard: prompt injection, invisible text, grounding, links and refusals."""
