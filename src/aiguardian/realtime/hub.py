@@ -156,7 +156,7 @@ class Hub:
         self._subscribers: set[Subscriber] = set()
         self._admins: set[Subscriber] = set()
         self._by_user: dict[str, set[Subscriber]] = {}
-        self._rechecks: set[asyncio.Task[bool]] = set()
+        self._rechecks: set[asyncio.Task[None]] = set()
         self.delivered = 0
         self.slow_consumers = 0
         for topic in TOPICS:
@@ -249,16 +249,16 @@ class Hub:
                 except Exception:
                     log.exception("credential re-check failed")
 
-    async def recheck(self, subscriber: Subscriber) -> bool:
-        """Is the subscriber's credential still good? If not, the subscription is ended (1008)."""
+    async def recheck(self, subscriber: Subscriber) -> None:
+        """End the subscription (1008) if its credential is no longer good."""
         try:
             principal = await self.identity.authenticate(subscriber.credential)
         except ServiceUnavailable:
-            return True  # the database is down for a moment: that says nothing against the credential
+            return  # the database is down for a moment: that says nothing against the credential
         except AIGError as exc:
             subscriber.kick(POLICY_VIOLATION, exc.reason_code.value)
-            return False
-        return self.reauthenticated(subscriber, principal)
+            return
+        self.reauthenticated(subscriber, principal)
 
     def reauthenticated(self, subscriber: Subscriber, principal: Principal) -> bool:
         """Take a newer view of the same user (a changed role, a fresh token); refuse a credential without

@@ -42,8 +42,7 @@ from aiguardian.realtime.schemas import Auth, Ping, Pong, Subscribe, Unsubscribe
 
 log = structlog.get_logger("aiguardian.realtime")
 
-# Seconds a close may wait for a client that does not read; then the connection is left to the server's
-# own keepalive, which drops it.
+# Seconds a close may wait for a client that does not read; then the session ends without it.
 CLOSE_TIMEOUT = 5.0
 
 
