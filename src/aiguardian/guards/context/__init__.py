@@ -1,0 +1,1 @@
+"""ContextGuard, stateless part: message validation and drift from the conversation's purpose."""
