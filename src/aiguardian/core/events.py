@@ -95,8 +95,7 @@ class RequestCompleted(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GuardBlocked(Event):
-    name: ClassVar[EventName] = "guard.blocked"
+class _GuardVerdict(Event):
     trace_id: str
     guard: str
     stage: Literal["input", "output", "stream"]
@@ -105,13 +104,13 @@ class GuardBlocked(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GuardWarned(Event):
+class GuardBlocked(_GuardVerdict):
+    name: ClassVar[EventName] = "guard.blocked"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuardWarned(_GuardVerdict):
     name: ClassVar[EventName] = "guard.warned"
-    trace_id: str
-    guard: str
-    stage: Literal["input", "output", "stream"]
-    reason_codes: list[str]
-    score: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
