@@ -3,6 +3,7 @@ and on Redis the very counters the ``limits`` library keeps (so processes on eit
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -118,3 +119,14 @@ async def test_unreachable_redis_counts_several_limits_in_memory() -> None:
     assert [(ip.allowed, key.allowed) for ip, key in steps] == [(True, True), (True, True), (True, False)]
     assert [key.remaining for _, key in steps] == [1, 0, 0]
     await limiter.close()
+
+
+@needs_redis
+async def test_a_burst_larger_than_the_connection_pool_is_counted_in_redis() -> None:
+    namespace, who = f"rltest-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    burst, other = new_limiter("redis", namespace), new_limiter("redis", namespace)
+    decisions = await asyncio.gather(*(burst.hit("250/minute", who) for _ in range(300)))
+    assert sum(d.allowed for d in decisions) == 250
+    assert not (await other.hit("250/minute", who)).allowed  # the other process sees the burst's count
+    await burst.close()
+    await other.close()

@@ -22,7 +22,7 @@ import structlog
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 log = structlog.get_logger("aiguardian.ratelimit")
@@ -107,7 +107,13 @@ class RateLimiter:
         self._memory = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._redis: Redis | None = None
         if redis_url:
-            self._redis = Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+            # A burst of requests waits its turn for a connection (longer than a command may take: a wait is
+            # this process being busy, not Redis being down). redis-py's default pool refuses past 100
+            # connections instead, which sent a burst's counts to memory, where each process counts alone.
+            pool = BlockingConnectionPool.from_url(
+                redis_url, max_connections=32, timeout=5, socket_timeout=1, socket_connect_timeout=1
+            )
+            self._redis = Redis.from_pool(pool)
             self._script = self._redis.register_script(_HIT_SCRIPT)
         # limits' RedisStorage names a counter "<key_prefix>:{<key>}" and its previous window "…/-1".
         self._prefix = f"{namespace}:limits:"
