@@ -69,6 +69,13 @@ class Principal:
         return f"user:{self.user_id}" + (f"/key:{self.key_id}" if self.key_id else "")
 
 
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    principal: Principal
+    expires_at: float | None  # the key's own expiry (epoch seconds)
+    valid_until: float  # when the states it was made from leave the cache (epoch seconds)
+
+
 def user_out(user: User) -> UserOut:
     return UserOut(
         id=user.id,
@@ -109,6 +116,12 @@ class Identity:
         self.db = db
         self.cache = cache
         self.bus = bus
+        # API keys resolved to a principal, by key hash: the gateway's every request looks its key up, and
+        # this spares it the two cache reads (key, then owner) and the Principal each would cost. An entry
+        # lives no longer than the states it was made from, and the same events drop it.
+        self._resolved: dict[str, _Resolved] = {}
+        self._resolved_max = settings.cache_memory_size
+        self._forgotten = 0  # counts invalidations, so a lookup racing one does not store what it read
         bus.on(USER_CHANGED, self._forget_user)
         bus.on(KEY_CHANGED, self._forget_key)
         bus.on(SESSIONS_REVOKED, self._forget_sessions)
@@ -116,10 +129,17 @@ class Identity:
     # -- cache invalidation -------------------------------------------------------------------------------
 
     async def _forget_user(self, _topic: str, payload: dict[str, Any]) -> None:
-        await self.cache.delete(f"user:{payload.get('user_id')}")
+        user_id = payload.get("user_id")
+        self._forgotten += 1
+        for key_hash in [h for h, r in self._resolved.items() if r.principal.user_id == user_id]:
+            self._resolved.pop(key_hash, None)
+        await self.cache.delete(f"user:{user_id}")
 
     async def _forget_key(self, _topic: str, payload: dict[str, Any]) -> None:
-        await self.cache.delete(f"apikey:{payload.get('key_hash')}")
+        key_hash = payload.get("key_hash")
+        self._forgotten += 1
+        self._resolved.pop(str(key_hash), None)
+        await self.cache.delete(f"apikey:{key_hash}")
 
     async def _forget_sessions(self, _topic: str, payload: dict[str, Any]) -> None:
         for family in payload.get("families", []):
@@ -480,6 +500,15 @@ class Identity:
 
     async def _from_api_key(self, secret: str, before_lookup: Lookup | None = None) -> Principal:
         key_hash = tokens.digest(secret)
+        resolved = self._resolved.get(key_hash)
+        if resolved is not None:
+            now = utc_now().timestamp()
+            if now < resolved.valid_until:
+                if resolved.expires_at is not None and resolved.expires_at <= now:
+                    raise NotAuthenticated("this API key has expired", reason_code=ReasonCode.AUTH_EXPIRED)
+                return resolved.principal
+            self._resolved.pop(key_hash, None)
+        forgotten = self._forgotten
         cache_key = f"apikey:{key_hash}"
         state = await self.cache.get(cache_key)
         if state is None:
@@ -497,6 +526,7 @@ class Identity:
                 "rate_limit": key.rate_limit,
                 "expires_at": as_utc(key.expires_at).timestamp() if key.expires_at else None,
                 "revoked": key.revoked_at is not None,
+                "until": utc_now().timestamp() + self.settings.auth_cache_ttl,
             }
             await self.cache.set(cache_key, state, ttl=self.settings.auth_cache_ttl)
         if state["revoked"]:
@@ -511,7 +541,7 @@ class Identity:
         if user["role"] != "admin":
             scopes -= {"admin"}
         models = state.get("models")
-        return Principal(
+        principal = Principal(
             user_id=state["user_id"],
             email=user["email"],
             role=user["role"],
@@ -521,6 +551,12 @@ class Identity:
             rate_limit=state["rate_limit"],
             models=None if models is None else frozenset(models),
         )
+        if forgotten == self._forgotten:
+            if len(self._resolved) >= self._resolved_max:
+                self._resolved.pop(next(iter(self._resolved)))
+            until = min(state["until"], user["until"])
+            self._resolved[key_hash] = _Resolved(principal, state["expires_at"], until)
+        return principal
 
     async def _user_state(self, user_id: str, before_lookup: Lookup | None = None) -> dict[str, Any] | None:
         cache_key = f"user:{user_id}"
@@ -532,7 +568,12 @@ class Identity:
                 user = await session.get(User, user_id)
             if user is None:
                 return None
-            state = {"email": user.email, "role": user.role, "active": user.is_active}
+            state = {
+                "email": user.email,
+                "role": user.role,
+                "active": user.is_active,
+                "until": utc_now().timestamp() + self.settings.auth_cache_ttl,
+            }
             await self.cache.set(cache_key, state, ttl=self.settings.auth_cache_ttl)
         return dict(state)
 
