@@ -6,9 +6,9 @@ Texts are real ones from the guards' dev sets (``../shared/eval``): input texts 
 toxicity, PII and secrets sets, answers and their sources from the grounding set, joined and cut to length,
 a different slice for every check. Each policy runs in three modes, so the thread-hop rule is measured rather
 than assumed: ``auto`` (CPU-bound guards on the event loop up to the policy's ``thread_above_chars``, in one
-worker thread above), ``inline`` (never a thread) and ``thread`` (always one thread hop). ``loop stall`` is
-the longest a 1 ms timer on the same event loop was late: how long every other request (and every stream)
-of the process waited while the guards ran.
+worker thread above), ``inline`` (never a thread) and ``thread`` (always one thread hop). ``stall p99`` is
+how late a 1 ms timer on the same event loop fired (99th percentile): how long every other request (and
+every stream) of the process waits while the guards run.
 
     .venv/bin/python bench/guards/run.py                     # the shipped default policy
     .venv/bin/python bench/guards/run.py --policy my.yaml --repeat 300
@@ -171,7 +171,7 @@ async def main() -> None:
         "p99",
         "mean",
         "checks/s/core",
-        "loop stall",
+        "stall p99",
         "failed",
     ):
         table.add_column(column, justify="left" if column in ("direction", "mode") else "right")
