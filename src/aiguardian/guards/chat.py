@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.requests import Request
 
-from aiguardian.core import metrics
+from aiguardian.core import events, metrics
 from aiguardian.core.errors import ValidationFailed
 from aiguardian.guards.base import Action, Direction, GuardContext, Redactor, Verdict
 from aiguardian.guards.pipeline import Decision, GuardBlocked, redact_text, restore_text, summary
@@ -143,8 +143,10 @@ class ChatGuard:
         *,
         model: str,
         sources: list[str] | None,
+        user_id: str | None = None,
     ) -> None:
         self.service = service
+        self.user_id = user_id
         self.policy = policy
         self.request = request
         self.model = model
@@ -156,8 +158,25 @@ class ChatGuard:
         self.context_sources: list[str] = []
         self.warnings: list[str] = []
 
+    def announce(self, direction: Direction, verdicts: list[Verdict]) -> None:
+        """``guard.blocked`` / ``guard.warned`` on the event bus (realtime subscribers, other processes)."""
+        trace_id = str(getattr(self.request.state, "request_id", ""))
+        for v in verdicts:
+            kind = {Action.BLOCK: events.GuardBlocked, Action.WARN: events.GuardWarned}.get(v.action)
+            if kind is not None:
+                event = kind(
+                    user_id=self.user_id,
+                    trace_id=trace_id,
+                    guard=v.guard,
+                    stage=direction.value,
+                    reason_codes=list(v.reason_codes),
+                    score=round(v.score, 4),
+                )
+                events.emit(self.service.bus, event)
+
     def _decided(self, direction: Direction, decision: Decision) -> None:
         record(self.request, direction, decision.verdicts)
+        self.announce(direction, decision.verdicts)
         warned = warning_items(decision.with_action(Action.WARN))
         if warned:
             self.warnings += warned
@@ -279,6 +298,7 @@ class StreamScreen:
         self.concluded = True
         verdicts = list(self.worst.values())
         record(self.chat.request, Direction.STREAM, verdicts)
+        self.chat.announce(Direction.STREAM, verdicts)
         for v in verdicts:
             metrics.GUARD_VERDICTS.labels(v.guard, Direction.STREAM.value, v.action.value).inc()
 

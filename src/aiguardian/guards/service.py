@@ -168,7 +168,9 @@ class GuardService:
         """The guards of one chat completion. Takes ``aig_sources`` out of ``payload`` (422 if malformed)."""
         sources = take_sources(payload)
         policy = self.policy_for(request.url.path, key_id, user_id)
-        return ChatGuard(self, policy, request, model=str(payload.get("model")), sources=sources)
+        return ChatGuard(
+            self, policy, request, model=str(payload.get("model")), sources=sources, user_id=user_id
+        )
 
     # -- running guards -------------------------------------------------------------------------------
 
