@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits, the shape of ``uuid4().hex`` without building a UUID (which costs
+    three times the randomness it wraps)."""
+    return os.urandom(16).hex()
 
 
 def accept_request_id(candidate: str | None) -> str:
