@@ -12,6 +12,8 @@ and requests/s at each concurrency, and the ``X-AIG-Overhead-Ms`` header over se
   bench/gateway/profile_hot_path.py --rev /tmp/a/src --rev /tmp/b/src   # two source trees
   bench/gateway/profile_hot_path.py --backend sqlite --rounds 5
   bench/gateway/profile_hot_path.py --py-spy /tmp/prof.txt     # plus a raw py-spy profile (last variant)
+  bench/gateway/profile_hot_path.py --rev HEAD~3 --rev . --rounds 1 --callgrind 200
+      # instructions per request under valgrind: repeatable to a few %, slow (minutes per variant)
 
 Needs wrk, psql (for PostgreSQL), and ../shared/bench beside the repository (mock upstream, chat.lua).
 """
