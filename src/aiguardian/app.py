@@ -14,6 +14,7 @@ from aiguardian.audit import service as audit_service
 from aiguardian.audit.routes import router as audit_router
 from aiguardian.audit.writer import AuditWriter
 from aiguardian.content.routes import router as posts_router
+from aiguardian.conversations.routes import chat_router as conversation_chat_router
 from aiguardian.conversations.routes import router as conversations_router
 from aiguardian.core import events, metrics, migrate
 from aiguardian.core.bus import build_bus
@@ -180,6 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router)
     app.include_router(posts_router)
     app.include_router(conversations_router)
+    app.include_router(conversation_chat_router)
     app.include_router(realtime_router)
     app.include_router(usage_router)
     app.include_router(budgets_router)

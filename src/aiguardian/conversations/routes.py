@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request
-from starlette.responses import Response
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request
+from starlette.responses import Response, StreamingResponse
 
-from aiguardian.conversations import service
+from aiguardian.conversations import chat, service
 from aiguardian.conversations.schemas import (
     SEARCH_MAX,
+    ChatOut,
+    ChatRequest,
     ConversationCreate,
     ConversationExport,
     ConversationOut,
@@ -21,10 +25,13 @@ from aiguardian.conversations.service import Viewer
 from aiguardian.core.envelope import Envelope, ok
 from aiguardian.core.http import RequestId, audit
 from aiguardian.core.runtime import RuntimeDep
-from aiguardian.identity.auth import Reader, Writer, check_model
+from aiguardian.identity.auth import Reader, Writer, check_model, require_scope
 from aiguardian.identity.service import Principal
 
 router = APIRouter(prefix="/api/v1/conversations", tags=["conversations"])
+chat_router = APIRouter(prefix="/api/v1", tags=["conversations"])
+
+Chatter = Annotated[Principal, Depends(require_scope("chat"))]
 
 ConversationId = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
 UserFilter = Annotated[
@@ -166,3 +173,55 @@ async def export_conversation(
             headers={"Content-Disposition": f'attachment; filename="conversation-{conversation_id}.md"'},
         )
     return ok(export, request_id)
+
+
+def _chat_out(result: chat.ChatResult) -> ChatOut:
+    return ChatOut(
+        conversation_id=result.conversation_id,
+        user_message_id=result.user.id,
+        message=result.message,
+        verdicts=result.verdicts,
+        warnings=result.warnings,
+        usage=result.usage,
+    )
+
+
+def _sse(event: str, data: object) -> bytes:
+    return f"event: {event}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
+
+
+def deltas(text: str) -> list[str]:
+    """The answer in word-sized pieces (each keeps its leading whitespace), as a stream sends them."""
+    pieces: list[str] = []
+    start = 0
+    for index in range(1, len(text)):
+        if text[index].isspace() and not text[index - 1].isspace():
+            pieces.append(text[start:index])
+            start = index
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces
+
+
+@chat_router.post(
+    "/chat",
+    response_model=Envelope[ChatOut],
+    responses={200: {"content": {"text/event-stream": {}}, "description": "With stream: true, SSE."}},
+)
+async def chat_turn(
+    body: ChatRequest, request: Request, principal: Chatter, runtime: RuntimeDep, request_id: RequestId
+) -> Envelope[ChatOut] | Response:
+    if body.model is not None:
+        check_model(principal, body.model)
+    result = await chat.chat(chat.Pipeline.of(request, runtime), request, principal, body)
+    audit(request, "conversation.chat", result.conversation_id)
+    out = _chat_out(result)
+    if not body.stream:
+        return ok(out, request_id)
+
+    async def events() -> AsyncIterator[bytes]:
+        for piece in deltas(result.message.content):
+            yield _sse("delta", {"conversation_id": result.conversation_id, "content": piece})
+        yield _sse("done", out.model_dump(mode="json"))
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -99,3 +99,25 @@ class SearchHit(BaseModel):
 class SearchPage(BaseModel):
     items: list[SearchHit]
     next_cursor: str | None
+
+
+class ChatRequest(Strict):
+    """``POST /api/v1/chat``: a new conversation without ``conversation_id``, else the next turn of one."""
+
+    message: Annotated[str, Field(min_length=1, max_length=PROMPT_MAX), AfterValidator(_no_nul)]
+    conversation_id: Annotated[str | None, Field(max_length=32, pattern=r"^[A-Za-z0-9_-]+$")] = None
+    model: Annotated[
+        str | None, StringConstraints(strip_whitespace=True, min_length=1, max_length=MODEL_MAX)
+    ] = None
+    system_prompt: Prompt | None = None
+    documents: Annotated[list[Prompt] | None, Field(max_length=50)] = None
+    stream: bool = False
+
+
+class ChatOut(BaseModel):
+    conversation_id: str
+    user_message_id: int
+    message: MessageOut
+    verdicts: list[dict[str, Any]]
+    warnings: list[str]
+    usage: dict[str, Any]

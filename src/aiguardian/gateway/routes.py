@@ -12,15 +12,16 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from aiguardian.core.errors import AIGError, ReasonCode
+from aiguardian.core.errors import ReasonCode
 from aiguardian.core.http import audit
 from aiguardian.gateway.cache import CachedAnswer, CachePlan, replay
+from aiguardian.gateway.completions import admit as _admit
+from aiguardian.gateway.completions import answer_text as _answer_text
 from aiguardian.gateway.deployments import DEMO_MODEL
 from aiguardian.gateway.schemas import ChatCompletionRequest, EmbeddingsRequest, ModelCard, ModelList
 from aiguardian.gateway.service import Gateway, Outcome, StreamUsage
 from aiguardian.identity.auth import check_model, require_scope
 from aiguardian.identity.service import Principal
-from aiguardian.usage import tokens
 from aiguardian.usage.routes import UsageDep
 from aiguardian.usage.service import Call, UsageService
 
@@ -85,52 +86,6 @@ def _streamed_text(chunks: list[bytes]) -> str:
             if isinstance(content, str):
                 parts.append(content)
     return "".join(parts)
-
-
-def _answer_text(body: dict[str, Any] | None) -> str:
-    parts = []
-    for choice in (body or {}).get("choices") or []:
-        content = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-    return "".join(parts)
-
-
-async def _admit(
-    request: Request,
-    principal: Principal,
-    gateway: Gateway,
-    usage: UsageService,
-    payload: dict[str, Any],
-    *,
-    kind: str,
-    stream: bool = False,
-) -> Call:
-    """Size the request, check the context window, reserve its maximum cost. A refusal gets its ledger
-    row (status ``blocked``) before it is raised; nothing has been sent upstream."""
-    model = payload["model"]
-    plan = gateway.router.plan(model)
-    candidates: list[tuple[str, str]] = [(d.provider, d.upstream_model) for d in plan]
-    ids = {"trace_id": request.state.request_id, "user_id": principal.user_id, "key_id": principal.key_id}
-    try:
-        if kind == "chat":
-            own = [d for d in plan if d.model == model]
-            window = usage.context_window(model, [d.context_window for d in own], candidates[: len(own)])
-            prompt = await usage.fit_messages(payload["messages"], window)
-            completion = usage.max_completion(payload, prompt, window)
-        else:
-            prompt, completion = await tokens.count_input_async(payload.get("input")), 0
-        return await usage.admit(
-            **ids,
-            model=model,
-            stream=stream,
-            prompt_tokens=prompt,
-            max_completion=completion,
-            candidates=candidates,
-        )
-    except AIGError:
-        await usage.blocked(**ids, model=model, stream=stream)
-        raise
 
 
 def _usage_headers(call: Call) -> dict[str, str]:

@@ -28,6 +28,7 @@ import structlog
 from sqlalchemy import ColumnElement, and_, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from aiguardian.core import events
 from aiguardian.core.bus import EventBus
 from aiguardian.core.clock import as_utc, iso, utc_now
 from aiguardian.core.db import Database
@@ -380,19 +381,21 @@ class UsageService:
         upstream_model: str | None = None,
         cache_hit: bool = False,
         charge: bool | None = None,
+        saved_tokens: int = 0,
     ) -> Decimal:
         """Settle once: the real cost moves to spent, the reservation is released, a ledger row is queued.
         Safe to call from ``finally`` blocks of cancelled tasks: the database work is shielded. ``charge``
         (default: only when ``ok``) says whether tokens were consumed, as by a stream cut midway. A
-        ``cache_hit`` consumes nothing: ``usage`` is the cached answer's, recorded as tokens and cost saved."""
+        ``cache_hit`` consumes nothing: ``usage`` is the cached answer's, recorded as tokens and cost saved.
+        ``saved_tokens`` are tokens saved otherwise (a conversation's trimmed history), added to the row's."""
         if call.finished:
             return call.cost
         call.finished = True
         prompt, completion = 0, 0
-        saved_tokens, saved_nanos = 0, 0
+        saved_nanos = 0
         if cache_hit:
             would_prompt, would_complete = await self._tokens(call, usage, completion_text)
-            saved_tokens = would_prompt + would_complete
+            saved_tokens += would_prompt + would_complete
             saved_nanos = self.prices.cost_nanos(
                 call.model, would_prompt, would_complete, provider=provider, upstream=upstream_model
             )
@@ -422,6 +425,19 @@ class UsageService:
                 saved_tokens=saved_tokens,
                 saved_cost=from_nanos(saved_nanos),
             )
+        )
+        events.emit(
+            self.bus,
+            events.UsageUpdated(
+                user_id=call.user_id,
+                trace_id=call.trace_id,
+                model=call.model,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                cost_usd=str(call.cost),
+                key_id=call.key_id,
+                saved_tokens=saved_tokens,
+            ),
         )
         return call.cost
 

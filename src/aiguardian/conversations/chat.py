@@ -1,0 +1,290 @@
+"""``POST /api/v1/chat``: one conversation turn through the gateway pipeline (gateway/completions.py).
+
+The turn: the conversation is created (or the caller's own is continued: anyone else's is a 404), the
+history is built by :mod:`aiguardian.conversations.memory` within the model's context window less the room
+kept for the answer, DriftGuard scores the new user message against the conversation's purpose (its
+``purpose``, or else its system prompt, and its first user turns), the gateway answers with the caller's
+guard policy and budgets, and both messages are stored. The tokens the trimmed history saved go into the
+turn's usage row (``saved_tokens``). A turn the guards block leaves nothing stored: a blocked message may
+hold what must not be kept (a secret), and the error names the reason code.
+
+When the history was trimmed, a background task asks the model, through the same pipeline, to summarise the
+turns left out, and stores the summary (:func:`service.set_summary`); one such task per conversation at a
+time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from starlette.requests import Request
+
+from aiguardian.conversations import service
+from aiguardian.conversations.memory import SUMMARY_PREFIX, History, Turn
+from aiguardian.conversations.models import Conversation, Message
+from aiguardian.conversations.schemas import DEFAULT_TITLE, ChatRequest, ConversationCreate, MessageOut
+from aiguardian.core import events
+from aiguardian.core.db import Database
+from aiguardian.core.runtime import Runtime
+from aiguardian.gateway.completions import complete_chat, context_window
+from aiguardian.gateway.service import Gateway
+from aiguardian.guards.base import Action, Direction, GuardContext
+from aiguardian.guards.context.drift import REASON as DRIFT_REASON
+from aiguardian.guards.pipeline import GuardBlocked, summary
+from aiguardian.guards.service import GuardService
+from aiguardian.identity.service import Principal
+from aiguardian.usage.service import UsageService
+
+log = structlog.get_logger("aiguardian.conversations")
+
+DEFAULT_WINDOW = 8192
+DEFAULT_MODEL_FALLBACK = "aiguardian-demo"
+PURPOSE_TURNS = 2
+SUMMARY_INSTRUCTION = (
+    "Summarise the following conversation turns in a few sentences, keeping names, numbers and decisions."
+)
+
+
+@dataclass
+class ChatResult:
+    conversation_id: str
+    user: MessageOut
+    message: MessageOut
+    verdicts: list[dict[str, Any]]
+    warnings: list[str]
+    usage: dict[str, Any]
+    history: History
+
+
+@dataclass
+class Summaries:
+    """At most one background summary per conversation at a time (per process)."""
+
+    running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    def start(self, conversation_id: str, work: Any) -> bool:
+        if conversation_id in self.running:
+            work.close()
+            return False
+        task = asyncio.get_running_loop().create_task(work)
+        self.running[conversation_id] = task
+        task.add_done_callback(lambda _t: self.running.pop(conversation_id, None))
+        return True
+
+    async def close(self) -> None:
+        for task in list(self.running.values()):
+            task.cancel()
+        for task in list(self.running.values()):
+            with contextlib.suppress(BaseException):
+                await task
+
+
+@dataclass
+class Pipeline:
+    db: Database
+    gateway: Gateway
+    usage: UsageService
+    guards: GuardService
+    summaries: Summaries
+    max_completion: int
+
+    @classmethod
+    def of(cls, request: Request, runtime: Runtime) -> Pipeline:
+        state = request.app.state
+        summaries = getattr(state, "conversation_summaries", None)
+        if summaries is None:
+            summaries = state.conversation_summaries = Summaries()
+        return cls(
+            runtime.db,
+            state.gateway,
+            state.usage,
+            state.guards,
+            summaries,
+            runtime.settings.usage_max_completion_tokens,
+        )
+
+
+def reserve_for(window: int, cap: int) -> int:
+    """Room kept for the answer: the usual cap, but at most a quarter of a small window."""
+    return max(1, min(cap, window // 4))
+
+
+async def _purpose_messages(db: Database, conversation: Conversation, new: str) -> list[dict[str, Any]]:
+    """What drift is measured against: the purpose (or system prompt), the first user turns, the new one."""
+    async with db.session() as session:
+        rows = await session.scalars(
+            select(Message.content)
+            .where(Message.conversation_id == conversation.id, Message.role == "user")
+            .order_by(Message.id)
+            .limit(PURPOSE_TURNS)
+        )
+        first = list(rows)
+    purpose = conversation.purpose or conversation.system_prompt
+    head = [{"role": "system", "content": purpose}] if purpose else []
+    return [*head, *({"role": "user", "content": t} for t in first), {"role": "user", "content": new}]
+
+
+async def _check_drift(
+    pipeline: Pipeline, request: Request, principal: Principal, conversation: Conversation, content: str
+) -> list[dict[str, Any]]:
+    """Run DriftGuard (with the options of the caller's policy when it names ``drift``, else its defaults);
+    publish ``guard.drift`` over the threshold; raise GuardBlocked when the policy's action is block."""
+    messages = await _purpose_messages(pipeline.db, conversation, content)
+    if len(messages) < 2:  # nothing to drift from yet
+        return []
+    policy = pipeline.guards.policy_for(request.url.path, principal.key_id, principal.user_id)
+    options: dict[str, Any] = next((dict(e.options) for e in policy.input if e.label == "drift"), {})
+    context = GuardContext(
+        text=content, direction=Direction.INPUT, messages=messages, model=conversation.model, route="chat"
+    )
+    verdict = await pipeline.guards.check_guard("drift", context, options)
+    if DRIFT_REASON in verdict.reason_codes:
+        threshold = options.get("threshold")
+        await events.publish(
+            pipeline.guards.bus,
+            events.GuardDrift(
+                user_id=principal.user_id,
+                trace_id=str(request.state.request_id),
+                conversation_id=conversation.id,
+                score=round(verdict.score, 4),
+                threshold=float(threshold) if isinstance(threshold, int | float) else 0.0,
+                action=verdict.action.value,
+            ),
+        )
+        if verdict.action is Action.BLOCK:
+            raise GuardBlocked([verdict], Direction.INPUT)
+    return [summary(verdict, Direction.INPUT)]
+
+
+async def chat(pipeline: Pipeline, request: Request, principal: Principal, body: ChatRequest) -> ChatResult:
+    db = pipeline.db
+    viewer = service.Viewer(principal.user_id)
+    if body.conversation_id is None:
+        model = body.model or DEFAULT_MODEL_FALLBACK
+        title = body.message.strip().splitlines()[0][:80] if body.message.strip() else DEFAULT_TITLE
+        created = await service.create_conversation(
+            db, viewer, ConversationCreate(model=model, title=title, system_prompt=body.system_prompt or "")
+        )
+        conversation_id = created.id
+    else:
+        conversation_id = body.conversation_id
+    async with db.session() as session:
+        conversation = await service._readable(session, viewer, conversation_id)
+    model = body.model or conversation.model
+    pipeline.gateway.require_model(model)
+
+    window = context_window(pipeline.gateway, pipeline.usage, model) or DEFAULT_WINDOW
+    reserve = reserve_for(window, pipeline.max_completion)
+    new = Turn(service.NEW_TURN_ID, "user", body.message, await service.message_tokens("user", body.message))
+    history = await service.history_for(db, conversation_id, new, window=window, reserve=reserve)
+
+    verdicts = await _check_drift(pipeline, request, principal, conversation, body.message)
+    drift_warnings = [f"drift:{DRIFT_REASON}" for v in verdicts if v["action"] == Action.WARN.value]
+
+    payload: dict[str, Any] = {"model": model, "messages": list(history.messages), "max_tokens": reserve}
+    completion = await complete_chat(
+        request,
+        principal,
+        gateway=pipeline.gateway,
+        usage=pipeline.usage,
+        guards=pipeline.guards,
+        payload=payload,
+        sources=list(body.documents) if body.documents else None,
+        saved_tokens=history.saved_tokens,
+    )
+    verdicts += list(getattr(request.state, "guard_verdicts", None) or [])
+    warnings = drift_warnings + completion.warnings
+    flagged = {"verdicts": verdicts, "warnings": warnings} if warnings else None
+    user, assistant = await service.add_messages(
+        db,
+        pipeline.guards.bus,
+        conversation_id,
+        [
+            ("user", body.message, {"warnings": drift_warnings} if drift_warnings else None),
+            ("assistant", completion.content, flagged),
+        ],
+    )
+    if history.dropped:
+        pipeline.summaries.start(
+            conversation_id, summarise(pipeline, request, principal, conversation_id, model, window, reserve)
+        )
+    usage = {
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "cost_usd": str(completion.call.cost),
+        "history_tokens": history.tokens,
+        "saved_tokens": history.saved_tokens,
+        "dropped_turns": history.dropped,
+        "summarised": history.summarised,
+        "cache": completion.cache,
+        "context_window": window,
+    }
+    return ChatResult(conversation_id, user, assistant, verdicts, warnings, usage, history)
+
+
+async def summarise(
+    pipeline: Pipeline,
+    request: Request,
+    principal: Principal,
+    conversation_id: str,
+    model: str,
+    window: int,
+    reserve: int,
+) -> None:
+    """Summarise the stored turns the history no longer carries verbatim (after the last summary, before the
+    newest turns that fit), through the same pipeline, and store it. Failures are logged, never raised."""
+    try:
+        db = pipeline.db
+        async with db.session() as session:
+            conversation = await session.get(Conversation, conversation_id)
+            if conversation is None:
+                return
+            after = conversation.summary_upto or 0
+            rows = list(
+                (
+                    await session.execute(
+                        select(Message.id, Message.role, Message.content, Message.tokens)
+                        .where(Message.conversation_id == conversation_id, Message.id > after)
+                        .order_by(Message.id)
+                    )
+                ).all()
+            )
+            previous = conversation.summary
+        # Keep the newest half of the window's worth of turns verbatim; summarise what is older.
+        keep_budget, kept = (window - reserve) // 2, 0
+        cut = len(rows)
+        while cut > 0 and kept + rows[cut - 1][3] <= keep_budget:
+            cut -= 1
+            kept += rows[cut][3]
+        older = rows[:cut]
+        if not older:
+            return
+        room = max(200, (window - reserve) * 3)  # characters: ~3 per token, on the safe side
+        lines = [f"{SUMMARY_PREFIX}{previous}"] if previous else []
+        lines += [f"{role}: {content}" for _id, role, content, _n in older]
+        transcript = "\n".join(lines)[-room:]
+        payload: dict[str, Any] = {
+            "model": model,
+            "messages": [
+                {"role": "system", "content": SUMMARY_INSTRUCTION},
+                {"role": "user", "content": transcript},
+            ],
+            "max_tokens": reserve,
+        }
+        done = await complete_chat(
+            request,
+            principal,
+            gateway=pipeline.gateway,
+            usage=pipeline.usage,
+            guards=pipeline.guards,
+            payload=payload,
+        )
+        if done.content.strip():
+            await service.set_summary(db, conversation_id, done.content.strip(), older[-1][0])
+    except Exception as exc:  # a background task: the answer went out already
+        log.warning("conversation summary failed", conversation_id=conversation_id, error=str(exc)[:200])

@@ -1,0 +1,253 @@
+"""``POST /api/v1/chat``: a conversation turn through the gateway pipeline (fake OpenAI-protocol upstream),
+answered in the envelope or over SSE; memory within the model's context window with the saved tokens in
+usage and a background summary; drift warnings and ``guard.drift``; privacy; guard blocks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from aiguardian.app import create_app
+from aiguardian.conversations.models import Conversation
+from aiguardian.core.bus import EventBus
+from aiguardian.usage import tokens
+from tests.conftest import async_pg_url, make_account, make_settings, truncate_all
+from tests.fakes.openai_upstream import OpenAIUpstream
+from tests.usage.conftest import ledger
+
+MODEL = "gpt-fake"
+WINDOW = 400
+# The guards of these tests: loaded from the repository's own modules, independent of the shipped default.
+POLICY = """
+policies:
+  default:
+    input:
+      - messages
+      - guard: secrets
+        action: block
+      - guard: pii
+        action: redact
+    output:
+      - guard: secrets
+        action: block
+"""
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[OpenAIUpstream]:
+    async with OpenAIUpstream(models=(MODEL,)) as fake:
+        yield fake
+
+
+@asynccontextmanager
+async def chat_app(
+    tmp_path: Path, backend: str, pg_url: str | None, upstream: OpenAIUpstream
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    if backend == "postgres":
+        assert pg_url is not None
+        await truncate_all(async_pg_url(pg_url))
+    spec = {
+        "id": "fake",
+        "model": MODEL,
+        "provider": "openai",
+        "base_url": upstream.base_url,
+        "upstream_model": MODEL,
+        "timeout": 5.0,
+        "context_window": WINDOW,
+    }
+    policy = tmp_path / "guards.yaml"
+    policy.write_text(POLICY, encoding="utf-8")
+    settings = make_settings(
+        tmp_path, backend, pg_url, deployments=[spec], gateway_max_retries=0, guards_policy_file=policy
+    )
+    application = create_app(settings)
+    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+        transport = httpx.ASGITransport(app=application, client=("127.0.0.1", 50001))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield application, http
+
+
+async def _chat(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> dict[str, Any]:
+    response = await client.post("/api/v1/chat", headers=headers, json={"model": MODEL, **body})
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()["data"]
+    return data
+
+
+async def test_chat_creates_then_continues_a_conversation_through_the_gateway(
+    tmp_path: Path, backend: str, pg_url: str | None, upstream: OpenAIUpstream
+) -> None:
+    async with chat_app(tmp_path, backend, pg_url, upstream) as (app, client):
+        member = await make_account(app)
+        first = await _chat(
+            client, member.headers, message="Plan a trip to Lyon", system_prompt="You plan trips."
+        )
+        assert first["message"]["content"] == "fake reply to: Plan a trip to Lyon"
+        assert first["message"]["role"] == "assistant"
+        assert first["usage"]["prompt_tokens"] > 0
+        second = await _chat(
+            client, member.headers, message="Which train?", conversation_id=first["conversation_id"]
+        )
+        assert second["conversation_id"] == first["conversation_id"]
+        sent = upstream.last.body["messages"]
+        assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+        assert sent[-1]["content"] == "Which train?"
+        stored = await client.get(f"/api/v1/conversations/{first['conversation_id']}", headers=member.headers)
+        contents = [m["content"] for m in stored.json()["data"]["messages"]["items"]]
+        assert contents == [
+            "Plan a trip to Lyon",
+            "fake reply to: Plan a trip to Lyon",
+            "Which train?",
+            "fake reply to: Which train?",
+        ]
+        rows = [r for r in await ledger(app) if r.status == "ok"]
+        assert len(rows) == 2
+        assert all(r.user_id == member.id and r.model == MODEL for r in rows)
+
+
+async def test_chat_streams_deltas_then_a_done_event_with_the_stored_message(
+    tmp_path: Path, backend: str, pg_url: str | None, upstream: OpenAIUpstream
+) -> None:
+    async with chat_app(tmp_path, backend, pg_url, upstream) as (app, client):
+        member = await make_account(app)
+        response = await client.post(
+            "/api/v1/chat",
+            headers=member.headers,
+            json={"model": MODEL, "message": "Hello there", "stream": True},
+        )
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        frames = [f for f in response.text.split("\n\n") if f]
+        kinds = [f.split("\n")[0].removeprefix("event: ") for f in frames]
+        datas = [orjson.loads(f.split("\n")[1].removeprefix("data: ")) for f in frames]
+        assert kinds[-1] == "done"
+        assert set(kinds[:-1]) == {"delta"}
+        assert len(kinds) > 2
+        assert "".join(d["content"] for d in datas[:-1]) == "fake reply to: Hello there"
+        done = datas[-1]
+        got = await client.get(f"/api/v1/conversations/{done['conversation_id']}", headers=member.headers)
+        assert got.json()["data"]["messages"]["items"][-1]["id"] == done["message"]["id"]
+
+
+async def test_forty_turns_stay_within_the_context_window_and_the_saved_tokens_are_in_usage(
+    tmp_path: Path, backend: str, pg_url: str | None, upstream: OpenAIUpstream
+) -> None:
+    async with chat_app(tmp_path, backend, pg_url, upstream) as (app, client):
+        member = await make_account(app)
+        conversation_id = None
+        saved = 0
+        for turn in range(40):
+            body: dict[str, Any] = {
+                "message": f"Turn {turn}: tell me more about the history of Lyon silk weaving"
+            }
+            if conversation_id:
+                body["conversation_id"] = conversation_id
+            else:
+                body["system_prompt"] = "You are a guide to the history of Lyon."
+            data = await _chat(client, member.headers, **body)
+            conversation_id = data["conversation_id"]
+            saved += data["usage"]["saved_tokens"]
+        assert saved > 0
+        for call in upstream.calls(model=MODEL):
+            assert tokens.count_messages(call.body["messages"]) <= WINDOW
+        await ledger(app)  # the ledger is written in batches
+        summary = (await client.get("/api/v1/usage", headers=member.headers)).json()["data"]
+        assert summary["totals"]["saved_tokens"] >= saved
+        # The trimmed turns got a summary from the model, in the background.
+        for _ in range(500):
+            async with app.state.runtime.db.session() as session:
+                conversation = await session.get(Conversation, conversation_id)
+            if conversation is not None and conversation.summary:
+                break
+            await asyncio.sleep(0.02)
+        assert conversation is not None
+        assert conversation.summary
+        assert conversation.summary.startswith("fake reply to: ")
+
+
+async def test_a_turn_off_the_conversations_purpose_gets_the_drift_warning_and_event(
+    tmp_path: Path, backend: str, pg_url: str | None, upstream: OpenAIUpstream
+) -> None:
+    async with chat_app(tmp_path, backend, pg_url, upstream) as (app, client):
+        member = await make_account(app)
+        bus: EventBus = app.state.runtime.bus
+        drifts: list[dict[str, Any]] = []
+
+        async def seen(_topic: str, payload: dict[str, Any]) -> None:
+            drifts.append(payload)
+
+        bus.on("guard.drift", seen)
+        system = "You help the user cook Italian food: recipes, ingredients, oven temperatures and pasta."
+        turns = [
+            "How long should I boil fresh pasta for a lasagna recipe?",
+            "Which cheese goes into the lasagna besides mozzarella?",
+            "What oven temperature do I bake the lasagna at?",
+            "Explain how to configure BGP routing between two autonomous systems on my network switches.",
+        ]
+        results = []
+        conversation_id = None
+        for text in turns:
+            body: dict[str, Any] = {"message": text}
+            body.update(
+                {"conversation_id": conversation_id} if conversation_id else {"system_prompt": system}
+            )
+            data = await _chat(client, member.headers, **body)
+            conversation_id = data["conversation_id"]
+            results.append(data)
+        assert all("drift:CONTEXT_DRIFT" not in r["warnings"] for r in results[:3])
+        assert "drift:CONTEXT_DRIFT" in results[3]["warnings"]
+        for _ in range(200):
+            if drifts:
+                break
+            await asyncio.sleep(0.01)
+        assert [d["conversation_id"] for d in drifts] == [conversation_id]
+        assert drifts[0]["user_id"] == member.id
+        assert drifts[0]["action"] == "warn"
+
+
+async def test_a_member_cannot_continue_another_members_conversation(
+    tmp_path: Path, backend: str, pg_url: str | None, upstream: OpenAIUpstream
+) -> None:
+    async with chat_app(tmp_path, backend, pg_url, upstream) as (app, client):
+        owner, other = await make_account(app), await make_account(app)
+        data = await _chat(client, owner.headers, message="Secret plans")
+        response = await client.post(
+            "/api/v1/chat",
+            headers=other.headers,
+            json={"message": "Let me in", "conversation_id": data["conversation_id"]},
+        )
+        assert (response.status_code, response.json()["error"]["code"]) == (404, "E2_not_found")
+        assert len(upstream.calls()) == 1
+
+
+async def test_a_blocked_turn_answers_the_reason_code_and_stores_nothing(
+    tmp_path: Path, backend: str, pg_url: str | None, upstream: OpenAIUpstream
+) -> None:
+    async with chat_app(tmp_path, backend, pg_url, upstream) as (app, client):
+        member = await make_account(app)
+        data = await _chat(client, member.headers, message="Hello")
+        leaked = "Use my key AKIAIOSFODNN7EXAMPLE with secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+        response = await client.post(
+            "/api/v1/chat",
+            headers=member.headers,
+            json={"message": leaked, "conversation_id": data["conversation_id"]},
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["reason_codes"]
+        assert error["code"] == error["reason_codes"][0]
+        assert len(upstream.calls()) == 1
+        got = await client.get(f"/api/v1/conversations/{data['conversation_id']}", headers=member.headers)
+        assert [m["content"] for m in got.json()["data"]["messages"]["items"]] == [
+            "Hello",
+            "fake reply to: Hello",
+        ]
