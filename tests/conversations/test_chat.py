@@ -210,6 +210,7 @@ async def test_a_turn_off_the_conversations_purpose_gets_the_drift_warning_and_e
                 break
             await asyncio.sleep(0.01)
         assert [d["conversation_id"] for d in drifts] == [conversation_id]
+        assert 0 < drifts[0]["threshold"] <= drifts[0]["score"]
         assert drifts[0]["user_id"] == member.id
         assert drifts[0]["action"] == "warn"
 

@@ -34,7 +34,6 @@ from aiguardian.core.runtime import Runtime
 from aiguardian.gateway.completions import complete_chat, context_window
 from aiguardian.gateway.service import Gateway
 from aiguardian.guards.base import Action, Direction, GuardContext
-from aiguardian.guards.context.drift import REASON as DRIFT_REASON
 from aiguardian.guards.pipeline import GuardBlocked, summary
 from aiguardian.guards.service import GuardService
 from aiguardian.identity.service import Principal
@@ -42,6 +41,9 @@ from aiguardian.usage.service import UsageService
 
 log = structlog.get_logger("aiguardian.conversations")
 
+# DriftGuard's reason code. DriftGuard is used through the guard registry only (loaded lazily, by name): a
+# drift check that cannot run (GUARD_ERROR) neither warns nor blocks a turn, as drift is a warning signal.
+DRIFT_REASON = "CONTEXT_DRIFT"
 DEFAULT_WINDOW = 8192
 DEFAULT_MODEL_FALLBACK = "aiguardian-demo"
 PURPOSE_TURNS = 2
@@ -129,6 +131,18 @@ async def _purpose_messages(db: Database, conversation: Conversation, new: str) 
     return [*head, *({"role": "user", "content": t} for t in first), {"role": "user", "content": new}]
 
 
+def _drift_threshold(options: dict[str, Any]) -> float:
+    given = options.get("threshold")
+    if isinstance(given, int | float):
+        return float(given)
+    try:  # imported here, as the registry does: the guard's module loads only when a drift is reported
+        from aiguardian.guards.context.drift import load_model
+
+        return float(load_model(None).threshold)
+    except Exception:
+        return 0.0
+
+
 async def _check_drift(
     pipeline: Pipeline, request: Request, principal: Principal, conversation: Conversation, content: str
 ) -> list[dict[str, Any]]:
@@ -144,7 +158,6 @@ async def _check_drift(
     )
     verdict = await pipeline.guards.check_guard("drift", context, options)
     if DRIFT_REASON in verdict.reason_codes:
-        threshold = options.get("threshold")
         await events.publish(
             pipeline.guards.bus,
             events.GuardDrift(
@@ -152,7 +165,7 @@ async def _check_drift(
                 trace_id=str(request.state.request_id),
                 conversation_id=conversation.id,
                 score=round(verdict.score, 4),
-                threshold=float(threshold) if isinstance(threshold, int | float) else 0.0,
+                threshold=_drift_threshold(options),
                 action=verdict.action.value,
             ),
         )
