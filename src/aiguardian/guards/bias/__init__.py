@@ -1,0 +1,1 @@
+"""BiasGuard: toxicity, identity attacks and stereotyping, banned topics."""
