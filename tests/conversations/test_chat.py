@@ -5,6 +5,7 @@ usage and a background summary; drift warnings and ``guard.drift``; privacy; gua
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from aiguardian.core.bus import EventBus
 from aiguardian.usage import tokens
 from tests.conftest import async_pg_url, make_account, make_settings, truncate_all
 from tests.fakes.openai_upstream import OpenAIUpstream
+from tests.realtime.conftest import next_message, open_socket, serving
 from tests.usage.conftest import ledger
 
 MODEL = "gpt-fake"
@@ -252,3 +254,32 @@ async def test_a_blocked_turn_answers_the_reason_code_and_stores_nothing(
             "Hello",
             "fake reply to: Hello",
         ]
+
+
+async def test_chat_over_the_websocket_streams_deltas_then_done(
+    tmp_path: Path, backend: str, pg_url: str | None, upstream: OpenAIUpstream
+) -> None:
+    async with chat_app(tmp_path, backend, pg_url, upstream) as (app, _client), serving(app) as live:
+        member = await make_account(app)
+        ws = await open_socket(live, headers=member.headers)
+        await ws.send(
+            json.dumps({"type": "chat", "id": 3, "model": MODEL, "message": "Hello over the socket"})
+        )
+        frames = []
+        while not frames or frames[-1]["type"] not in ("chat.done", "error"):
+            frames.append(await next_message(ws))
+        assert {f["type"] for f in frames[:-1]} == {"chat.delta"}
+        assert len(frames) > 2
+        assert all(f["id"] == 3 for f in frames)
+        assert "".join(f["content"] for f in frames[:-1]) == "fake reply to: Hello over the socket"
+        done = frames[-1]["data"]
+        assert done["message"]["content"] == "fake reply to: Hello over the socket"
+
+        leaked = "my key AKIAIOSFODNN7EXAMPLE and secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+        body = {"type": "chat", "id": 4, "message": leaked, "conversation_id": done["conversation_id"]}
+        await ws.send(json.dumps(body))
+        refused = await next_message(ws)
+        assert refused["type"] == "error"
+        assert refused["id"] == 4
+        assert refused["code"] == refused["reason_codes"][0]
+        await ws.close()

@@ -17,17 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from sqlalchemy import select
+from starlette.applications import Starlette
 from starlette.requests import Request
 
 from aiguardian.conversations import service
 from aiguardian.conversations.memory import SUMMARY_PREFIX, History, Turn
 from aiguardian.conversations.models import Conversation, Message
-from aiguardian.conversations.schemas import DEFAULT_TITLE, ChatRequest, ConversationCreate, MessageOut
+from aiguardian.conversations.schemas import (
+    DEFAULT_TITLE,
+    ChatOut,
+    ChatRequest,
+    ConversationCreate,
+    MessageOut,
+)
 from aiguardian.core import events
 from aiguardian.core.db import Database
 from aiguardian.core.runtime import Runtime
@@ -301,3 +309,42 @@ async def summarise(
             await service.set_summary(db, conversation_id, done.content.strip(), older[-1][0])
     except Exception as exc:  # a background task: the answer went out already
         log.warning("conversation summary failed", conversation_id=conversation_id, error=str(exc)[:200])
+
+
+def deltas(text: str) -> list[str]:
+    """The answer in word-sized pieces (each keeps its leading whitespace), as a stream sends them."""
+    pieces: list[str] = []
+    start = 0
+    for index in range(1, len(text)):
+        if text[index].isspace() and not text[index - 1].isspace():
+            pieces.append(text[start:index])
+            start = index
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces
+
+
+def chat_out(result: ChatResult) -> ChatOut:
+    return ChatOut(
+        conversation_id=result.conversation_id,
+        user_message_id=result.user.id,
+        message=result.message,
+        verdicts=result.verdicts,
+        warnings=result.warnings,
+        usage=result.usage,
+    )
+
+
+async def over_socket(
+    app: Starlette, principal: Principal, body: ChatRequest, trace_id: str
+) -> AsyncIterator[dict[str, Any]]:
+    """A turn asked over the WebSocket: ``chat.delta`` frames, then ``chat.done``. The pipeline sees it as a
+    request to ``/api/v1/chat`` (its guard policy, its audit verdicts) with the socket's trace id."""
+    request = Request({"type": "http", "method": "POST", "path": "/api/v1/chat", "headers": [], "app": app})
+    request.state.request_id = trace_id
+    request.state.started = 0.0
+    runtime: Runtime = app.state.runtime
+    result = await chat(Pipeline.of(request, runtime), request, principal, body)
+    for piece in deltas(result.message.content):
+        yield {"type": "chat.delta", "conversation_id": result.conversation_id, "content": piece}
+    yield {"type": "chat.done", "data": chat_out(result).model_dump(mode="json")}

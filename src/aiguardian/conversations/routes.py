@@ -175,32 +175,8 @@ async def export_conversation(
     return ok(export, request_id)
 
 
-def _chat_out(result: chat.ChatResult) -> ChatOut:
-    return ChatOut(
-        conversation_id=result.conversation_id,
-        user_message_id=result.user.id,
-        message=result.message,
-        verdicts=result.verdicts,
-        warnings=result.warnings,
-        usage=result.usage,
-    )
-
-
 def _sse(event: str, data: object) -> bytes:
     return f"event: {event}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
-
-
-def deltas(text: str) -> list[str]:
-    """The answer in word-sized pieces (each keeps its leading whitespace), as a stream sends them."""
-    pieces: list[str] = []
-    start = 0
-    for index in range(1, len(text)):
-        if text[index].isspace() and not text[index - 1].isspace():
-            pieces.append(text[start:index])
-            start = index
-    if start < len(text):
-        pieces.append(text[start:])
-    return pieces
 
 
 @chat_router.post(
@@ -215,12 +191,12 @@ async def chat_turn(
         check_model(principal, body.model)
     result = await chat.chat(chat.Pipeline.of(request, runtime), request, principal, body)
     audit(request, "conversation.chat", result.conversation_id)
-    out = _chat_out(result)
+    out = chat.chat_out(result)
     if not body.stream:
         return ok(out, request_id)
 
     async def events() -> AsyncIterator[bytes]:
-        for piece in deltas(result.message.content):
+        for piece in chat.deltas(result.message.content):
             yield _sse("delta", {"conversation_id": result.conversation_id, "content": piece})
         yield _sse("done", out.model_dump(mode="json"))
 

@@ -41,5 +41,16 @@ class Pong(_Message):
     type: Literal["pong"]
 
 
-ClientMessage = Annotated[Auth | Subscribe | Unsubscribe | Ping | Pong, Field(discriminator="type")]
-client_message: TypeAdapter[Auth | Subscribe | Unsubscribe | Ping | Pong] = TypeAdapter(ClientMessage)
+class Chat(_Message):
+    """A conversation turn, as ``POST /api/v1/chat`` takes it (its fields are checked as that body's)."""
+
+    type: Literal["chat"]
+    message: str
+    conversation_id: str | None = None
+    model: str | None = None
+    system_prompt: str | None = None
+    documents: list[str] | None = None
+
+
+ClientMessage = Annotated[Auth | Subscribe | Unsubscribe | Ping | Pong | Chat, Field(discriminator="type")]
+client_message: TypeAdapter[Auth | Subscribe | Unsubscribe | Ping | Pong | Chat] = TypeAdapter(ClientMessage)

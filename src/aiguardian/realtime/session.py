@@ -17,6 +17,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from aiguardian.audit import service as audit_service
 from aiguardian.audit.writer import AuditWriter
+from aiguardian.conversations import chat
+from aiguardian.conversations.schemas import ChatRequest
 from aiguardian.core.clock import utc_now
 from aiguardian.core.errors import AIGError, ReasonCode
 from aiguardian.core.events import TOPICS
@@ -38,7 +40,7 @@ from aiguardian.realtime.hub import (
     Subscriber,
     sees_everything,
 )
-from aiguardian.realtime.schemas import Auth, Ping, Pong, Subscribe, Unsubscribe, client_message
+from aiguardian.realtime.schemas import Auth, Chat, Ping, Pong, Subscribe, Unsubscribe, client_message
 
 log = structlog.get_logger("aiguardian.realtime")
 
@@ -232,7 +234,29 @@ class Session:
         if isinstance(message, Unsubscribe):
             subscriber.unsubscribe(message.topics)
             return _frame(type="unsubscribed", id=message.id, topics=sorted(subscriber.patterns))
+        if isinstance(message, Chat):
+            return await self._chat(subscriber, message)
         return await self._reauthenticate(subscriber, message)
+
+    async def _chat(self, subscriber: Subscriber, message: Chat) -> str | None:
+        """A conversation turn, as ``POST /api/v1/chat`` runs it: ``chat.delta`` frames, then ``chat.done``
+        with the stored message (or one ``error`` frame). One turn at a time per socket: the next message is
+        read once this turn is answered."""
+        principal = self.principal
+        if principal is None or "chat" not in principal.scopes:
+            return _error(message.id, ReasonCode.FORBIDDEN, "this credential lacks the chat scope")
+        try:
+            body = ChatRequest.model_validate(message.model_dump(exclude={"id", "type"}, exclude_none=True))
+        except ValidationError as exc:
+            return _error(message.id, ReasonCode.VALIDATION_ERROR, _first_error(exc))
+        try:
+            async for frame in chat.over_socket(self.ws.app, principal, body, self.trace_id):
+                subscriber.offer(_frame(id=message.id, **frame))
+        except AIGError as exc:
+            code = getattr(exc, "code", None) or exc.reason_code.value
+            reasons = getattr(exc, "reason_codes", None) or [code]
+            return _frame(type="error", id=message.id, code=code, message=exc.message, reason_codes=reasons)
+        return None
 
     async def _reauthenticate(self, subscriber: Subscriber, message: Auth) -> str | None:
         """A fresh credential for the same user, e.g. before the access token expires."""
