@@ -251,8 +251,8 @@ def features(doc: Document, response: str, freq: WordFrequencies) -> tuple[list[
             if k > 0 and w[0].isupper():
                 names += 1
                 novel_names += lw not in doc.lower and not known
-            if not known:
-                buckets.add(zlib.crc32(("<num>" if w[0].isdigit() else lw).encode()) % HASH_BUCKETS)
+            if not known and w[0].islower():  # names and numbers have features of their own
+                buckets.add(zlib.crc32(lw.encode()) % HASH_BUCKETS)
             if lw not in STOP and len(lw) > 1:
                 content.append(k)
         novel = [k for k in content if ss[k] not in doc.where]
@@ -349,7 +349,7 @@ def features(doc: Document, response: str, freq: WordFrequencies) -> tuple[list[
         known_opp,
         neg_prefix,
         sum(novel_freqs) / len(novel_freqs) if novel_freqs else 0.0,
-        max(novel_freqs, default=-16.0),
+        max(novel_freqs, default=0.0),  # no new word: as if every new word were the commonest
         min(novel_freqs, default=0.0),
         common,
         len(novel_freqs) - common,
@@ -368,7 +368,6 @@ class GroundingModel:
             raise ValueError(f"grounding model format {spec.get('version')!r}, expected {FORMAT_VERSION}")
         self.freq = WordFrequencies(spec["frequencies"]["counts"], spec["frequencies"]["total"])
         self.word_weights = np.asarray(spec["novel_words"]["weights"], dtype=np.float64)
-        self.word_bias = float(spec["novel_words"]["bias"])
         trees = spec["trees"]
         self.tree_feature = np.asarray(trees["feature"], dtype=np.int64)  # (T, 7): heap-ordered splits
         self.tree_threshold = np.asarray(trees["threshold"], dtype=np.float64)  # go left when x <= threshold
@@ -383,8 +382,8 @@ class GroundingModel:
 
     def vectorize(self, doc: Document, response: str) -> list[float]:
         dense, buckets = features(doc, response, self.freq)
-        logit = self.word_bias + float(self.word_weights[list(buckets)].sum()) if buckets else self.word_bias
-        dense.append(logit)
+        # The sum of the new words' weights, without the intercept: an answer with no new word scores 0.
+        dense.append(float(self.word_weights[list(buckets)].sum()) if buckets else 0.0)
         return dense
 
     def supported(self, x: Floats) -> Floats:
@@ -543,32 +542,60 @@ def word_frequencies(data_dir: Path, min_count: int = 2) -> WordFrequencies:
     return WordFrequencies(kept, total)
 
 
-def _complete_tree(tree: Any) -> tuple[list[int], list[float], list[float]]:
-    """A scikit-learn regression tree of depth <= 3 as a complete heap-ordered tree (7 splits, 8 leaves)."""
+def _complete_tree(nodes: Any) -> tuple[list[int], list[float], list[float]]:
+    """A histogram-boosting tree of depth <= 3 (its ``nodes`` array) as a complete heap-ordered tree: 7 splits
+    and 8 leaves, so inference walks every tree at once with three array lookups."""
     feature, threshold, leaf = [0] * 7, [1e300] * 7, [0.0] * 8
-    t = tree.tree_
 
     def fill(node: int, slot: int, depth: int) -> None:
-        is_leaf = t.children_left[node] == -1
+        row = nodes[node]
         if depth == 3:
-            leaf[slot - 7] = float(t.value[node].ravel()[0])
+            leaf[slot - 7] = float(row["value"])
             return
-        if is_leaf:
+        if row["is_leaf"]:
             fill(node, 2 * slot + 1, depth + 1)
             fill(node, 2 * slot + 2, depth + 1)
             return
-        feature[slot] = int(t.feature[node])
-        threshold[slot] = float(t.threshold[node])
-        fill(int(t.children_left[node]), 2 * slot + 1, depth + 1)
-        fill(int(t.children_right[node]), 2 * slot + 2, depth + 1)
+        feature[slot] = int(row["feature_idx"])
+        threshold[slot] = float(row["num_threshold"])
+        fill(int(row["left"]), 2 * slot + 1, depth + 1)
+        fill(int(row["right"]), 2 * slot + 2, depth + 1)
 
     fill(0, 0, 0)
     return feature, threshold, leaf
 
 
+# More of these never makes an answer more supported (monotone constraints: -1), and more of those never less
+# (+1): the trees may not learn the reverse from one data set's quirks, which keeps them honest on others.
+_LESS_SUPPORTED = frozenset(
+    {
+        "novel_fraction",
+        "novel_words",
+        "novel_numbers",
+        "novel_names",
+        "bigram_miss",
+        "trigram_miss",
+        "pair_miss_fraction",
+        "pair_miss",
+        "unaligned_negations",
+        "unaligned_direction_words",
+        "unaligned_quantifiers",
+        "far_pairs",
+        "far_pair_fraction",
+        "novel_opposites",
+        "negated_prefixes",
+        "common_novel_words",
+        "rare_novel_words",
+    }
+)
+_MORE_SUPPORTED = frozenset(
+    {"min_sentence_support", "min_sentence_alignment", "mean_sentence_alignment", "novel_word_logit"}
+)
+
+
 def train(data_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
     from scipy import sparse
-    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
@@ -595,36 +622,32 @@ def train(data_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
     oof_words = np.zeros(len(records))
     for fit, held in folds:
         word_model.fit(words[fit], y[fit])
-        oof_words[held] = word_model.decision_function(words[held])
+        oof_words[held] = words[held] @ word_model.coef_[0]
     word_model.fit(words, y)
     x = np.c_[dense_x, oof_words]
 
-    params = {
-        "n_estimators": 200,
+    monotone = [-1 if f in _LESS_SUPPORTED else 1 if f in _MORE_SUPPORTED else 0 for f in FEATURES]
+    params: dict[str, Any] = {
+        "max_iter": 200,
         "max_depth": 3,
         "learning_rate": 0.05,
-        "subsample": 0.8,
         "min_samples_leaf": 20,
+        "l2_regularization": 1.0,
+        "early_stopping": False,
+        "monotonic_cst": monotone,
+        "random_state": seed,
     }
-    n_models = 3
     oof = np.zeros(len(records))
     for fit, held in folds:
-        raw = np.zeros(len(held))
-        for k in range(n_models):
-            gb = GradientBoostingClassifier(random_state=seed + k, **params).fit(x[fit], y[fit])
-            raw += gb.decision_function(x[held])
-        oof[held] = raw / n_models
+        oof[held] = HistGradientBoostingClassifier(**params).fit(x[fit], y[fit]).decision_function(x[held])
+    final = HistGradientBoostingClassifier(**params).fit(x, y)
     features_t, thresholds_t, leaves_t = [], [], []
-    base = 0.0
-    final = [GradientBoostingClassifier(random_state=seed + k, **params).fit(x, y) for k in range(n_models)]
-    for gb in final:
-        prior = float(y.mean())
-        base += math.log(prior / (1 - prior)) / n_models
-        for est in gb.estimators_[:, 0]:
-            f, t, v = _complete_tree(est)
-            features_t.append(f)
-            thresholds_t.append(t)
-            leaves_t.append([gb.learning_rate * value / n_models for value in v])
+    for (predictor,) in final._predictors:  # the fitted trees; scikit-learn has no public accessor for them
+        f, t, v = _complete_tree(predictor.nodes)
+        features_t.append(f)
+        thresholds_t.append(t)
+        leaves_t.append(v)
+    base = float(np.ravel(final._baseline_prediction)[0])
 
     cv_prob = 1 / (1 + np.exp(-oof))
     threshold = _balanced_threshold(y, cv_prob)
@@ -645,22 +668,20 @@ def train(data_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
         "threshold": _r(threshold),
         "novel_words": {
             "buckets": HASH_BUCKETS,
-            "bias": _r(float(word_model.intercept_[0])),
             "weights": weights,
         },
         "frequencies": {"total": freq.total, "counts": freq.counts},
         "trees": {
             "base": _r(base),
             "feature": features_t,
-            "threshold": [[_r(t) for t in ts] for ts in thresholds_t],
+            "threshold": thresholds_t,  # not rounded: a split between two close values must stay between them
             "leaf": [[_r(v) for v in vs] for vs in leaves_t],
         },
         "training": {
             "records": len(records),
             "seed": seed,
             "cross_validation": cv,
-            "params": params,
-            "models": n_models,
+            "params": {k: v for k, v in params.items() if k != "monotonic_cst"},
         },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -672,13 +693,16 @@ def train(data_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
     mine = check.supported(
         np.c_[
             dense_x[:50],
-            np.asarray([check.word_bias + float(check.word_weights[b].sum()) for b in bucket_rows[:50]]),
+            np.asarray([float(check.word_weights[b].sum()) for b in bucket_rows[:50]]),
         ]
     )
-    x_full = np.c_[dense_x[:50], word_model.decision_function(words[:50])]
-    theirs = sum(gb.decision_function(x_full) for gb in final) / n_models
-    if not np.allclose(mine, 1 / (1 + np.exp(-theirs)), atol=1e-4):
-        raise RuntimeError("the exported grounding trees do not reproduce scikit-learn's scores")
+    x_full = np.c_[dense_x[:50], words[:50] @ word_model.coef_[0]]
+    theirs = final.decision_function(x_full)
+    gap = float(np.abs(mine - 1 / (1 + np.exp(-theirs))).max())
+    if gap > 1e-4:
+        raise RuntimeError(
+            f"the exported grounding trees do not reproduce scikit-learn's scores (gap {gap:.2g})"
+        )
     return {"records": len(records), "cv": cv, "threshold": round(threshold, 4), "bytes": path.stat().st_size}
 
 
