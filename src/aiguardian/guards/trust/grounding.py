@@ -186,7 +186,7 @@ class Document:
                 self.where[s] = self.where.get(s, 0) | bit
                 self.positions.setdefault(s, []).append(len(stems))
                 stems.append(s)
-                if _is_negation(low):
+                if low in NEGATIONS or low.endswith("n't"):
                     self.negations += 1
                     negated = True
             self.sentence_stems.append(set(ss))
@@ -205,6 +205,13 @@ class Document:
         for k in range(max(0, i - radius), min(len(self.sentence_stems), i + radius + 1)):
             out |= self.sentence_stems[k]
         return out
+
+
+@lru_cache(maxsize=32)
+def document(text: str) -> Document:
+    """The indexed sources, kept for the next check of the same sources (a stream checks them again and
+    again)."""
+    return Document(text)
 
 
 def _near(p: list[int], q: list[int], distance: int) -> bool:
@@ -476,16 +483,17 @@ class GroundingGuard:
         sources = [s for s in context.sources if s and s.strip()]
         if sources and text.strip() and context.direction is not Direction.INPUT:
             model = load_model(self.model_path)
-            doc = Document("\n\n".join(sources))
+            doc = document("\n\n".join(sources))
             threshold = self.threshold
-            spans = sentence_spans(text)
-            rows = [model.vectorize(doc, text)] + [model.vectorize(doc, text[a:b]) for a, b in spans]
-            ungrounded = 1.0 - model.supported(np.asarray(rows, dtype=np.float64))
-            verdict.score = float(ungrounded[0])
+            verdict.score = 1.0 - float(model.supported(np.asarray([model.vectorize(doc, text)]))[0])
             if verdict.score >= threshold:
                 verdict.action = self.action
                 verdict.reason_codes.append(REASON)
-                verdict.findings.extend(self._findings(text, spans, ungrounded[1:], threshold))
+                # Sentences are scored only for an answer that failed: the findings say where.
+                spans = sentence_spans(text)
+                rows = np.asarray([model.vectorize(doc, text[a:b]) for a, b in spans], dtype=np.float64)
+                scores = 1.0 - model.supported(rows) if len(rows) else np.zeros(0)
+                verdict.findings.extend(self._findings(text, spans, scores, threshold))
         verdict.elapsed_ms = (time.perf_counter() - started) * 1000
         return verdict
 
