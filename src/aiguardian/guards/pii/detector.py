@@ -68,17 +68,22 @@ class PIIDetector:
         matches = patterns.find(text)
         tagged = self.tagger.tag(tokens, sequence_features(text, tokens, matches, self.lists), scores)
         found = [Entity(s.type, s.start, s.end, s.score) for s in tagged]
+        added: list[Entity] = []
         for match in matches:
             if match.type not in TRUSTED_PATTERN_TYPES:
                 continue
             overlapping = [e for e in found if e.start < match.end and match.start < e.end]
-            # A validated value the tagger missed, or cut into pieces (a card number written in groups of
-            # four): the pattern's span wins over tagged spans that lie inside it.
-            if all(match.start <= e.start and e.end <= match.end for e in overlapping) and not any(
-                (e.start, e.end) == (match.start, match.end) for e in overlapping
+            # A validated value the tagger missed, cut into pieces (a card written in groups of four) or took
+            # for something else: the pattern wins, unless the tagger found the same type around it (its
+            # boundaries follow the conventions it was trained on).
+            if any(
+                e in added or (e.type == match.type and e.start <= match.start and match.end <= e.end)
+                for e in overlapping
             ):
-                found = [e for e in found if e not in overlapping]
-                found.append(Entity(match.type, match.start, match.end, match.score, match.detail))
+                continue  # the first (longest) of overlapping matches wins
+            found = [e for e in found if e not in overlapping]
+            added.append(Entity(match.type, match.start, match.end, match.score, match.detail))
+            found.append(added[-1])
         found.sort(key=lambda e: (e.start, -e.end))
         return found
 
@@ -119,11 +124,14 @@ def training_sequences(
 
 def train(data_dir: Path, out_dir: Path, seed: int, options: TrainingOptions | None = None) -> dict[str, Any]:
     records = _load_jsonl(data_dir / "pii" / "train.jsonl")
-    lists = gazetteer.cross_fitted(records, template_folds(records, FOLDS, seed))
+    public = gazetteer.public_lists()
+    folds = template_folds(records, FOLDS, seed)
+    learnt = gazetteer.cross_fitted(records, folds)
+    merged = {id(lists): gazetteer.merge(public, lists) for lists in learnt}  # one per fold
+    lists = [merged[id(fold_lists)] for fold_lists in learnt]
     train_tagger(training_sequences(records, lists), out_dir / MODEL_FILE, options or TrainingOptions())
-    (out_dir / GAZETTEER_FILE).write_bytes(
-        orjson.dumps(gazetteer.build(records), option=orjson.OPT_SORT_KEYS) + b"\n"
-    )
+    shipped = gazetteer.merge(public, gazetteer.build(records))
+    (out_dir / GAZETTEER_FILE).write_bytes(orjson.dumps(shipped, option=orjson.OPT_SORT_KEYS) + b"\n")
     return {
         "records": len(records),
         "spans": sum(len(r["spans"]) for r in records),

@@ -122,6 +122,9 @@ def _neighbour(word: str, offset: str) -> tuple[str, ...]:
     return tuple(offset + f for f in word_features(word) if f.startswith(_CONTEXT_PREFIXES))
 
 
+_SENTENCE_END = frozenset('.!?:;"')
+
+
 def _bucket(n: int) -> str:
     return str(n) if n < 4 else "4-6" if n < 7 else "7+"
 
@@ -189,6 +192,9 @@ def sequence_features(
         feats.extend(layout[i])
         gap_before = text[tokens[i - 1][1] : start] if i else ""
         gap_after = text[end : tokens[i + 1][0]] if i + 1 < n else ""
+        if i == 0 or words[i - 1] in _SENTENCE_END:
+            # Capitals say little at the start of a sentence.
+            feats.append("sentence_start")
         if not gap_before and i:
             feats.append("glued_before")
         if not gap_after and i + 1 < n:

@@ -50,6 +50,45 @@ def build(records: Iterable[Mapping[str, object]]) -> dict[str, tuple[str, ...]]
     }
 
 
+# Word lists of a public fake-data library (Faker, MIT), read at training time only: first names, last names,
+# country and place names of its ~80 locales. They carry general knowledge ("Olivia" is a first name) that a
+# few thousand template sentences cannot teach. The tagger sees them as ``gz=first`` and so on.
+PUBLIC_LISTS = {
+    "first": ("person", ("first_names", "first_names_male", "first_names_female", "first_names_nonbinary")),
+    "last": ("person", ("last_names", "last_names_male", "last_names_female")),
+    "country": ("address", ("countries",)),
+    "place": ("address", ("cities", "city_names", "big_cities", "provinces", "states", "regions")),
+}
+
+
+def public_lists() -> dict[str, tuple[str, ...]]:
+    """``word -> list names`` from Faker's providers (``pip install aiguardian[train]``)."""
+    import importlib
+    import pkgutil
+
+    words: dict[str, set[str]] = defaultdict(set)
+    for list_name, (provider, attributes) in PUBLIC_LISTS.items():
+        package = importlib.import_module(f"faker.providers.{provider}")
+        for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+            cls = importlib.import_module(f"faker.providers.{provider}.{module}").Provider
+            for attribute in attributes:
+                values = getattr(cls, attribute, None)
+                if not isinstance(values, (list, tuple, dict)):
+                    continue
+                for value in values:
+                    for word in _WORD.findall(str(value).lower()):
+                        words[word].add(list_name)
+    return {word: tuple(sorted(lists)) for word, lists in sorted(words.items())}
+
+
+def merge(*lists: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for mapping in lists:
+        for word, kinds in mapping.items():
+            out[word] = tuple(sorted(set(out.get(word, ())) | set(kinds)))
+    return dict(sorted(out.items()))
+
+
 def cross_fitted(records: Sequence[Mapping[str, object]], folds: Sequence[int]) -> list[Gazetteer]:
     """For each record, the lists built from the records of the other folds."""
     by_fold = sorted(set(folds))

@@ -63,7 +63,9 @@ class PIIGuard:
         return verdict
 
     def redact(self, text: str, state: dict[str, Any]) -> str:
-        return replace_spans(text, ((e.start, e.end, e.type) for e in self.find(text)), state, NAMESPACE)
+        spans = [(e.start, e.end, e.type) for e in self.find(text)]
+        # Repeats of a value found once in the request are replaced too, but not short ones ("36", "Mr.").
+        return replace_spans(text, spans, state, NAMESPACE, repeats_from=6)
 
     def restore(self, text: str, state: dict[str, Any]) -> str:
         return restore(text, state, NAMESPACE)

@@ -203,7 +203,8 @@ def _kw(words: str) -> re.Pattern[str]:
 
 PATTERNS: tuple[Pattern, ...] = (
     Pattern(
-        "EMAIL", _re(r"(?<![\w.+-])[\w.%+-]{1,64}@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,24}(?![\w-])"),
+        "EMAIL",
+        _re(r"(?<![\w.+-])[\w.%+-]{1,64}@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,24}(?![\w-])"),
         score=0.95,
         needs=("@",),
     ),
@@ -244,7 +245,7 @@ PATTERNS: tuple[Pattern, ...] = (
         iban_valid,
         0.95,
     ),
-    Pattern("SSN", _re(r"(?<![\w-])\d{3}([- ])\d{2}\1\d{4}(?![\w-])"), ssn_valid, 0.85),
+    Pattern("SSN", _re(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])"), ssn_valid, 0.85),
     Pattern(
         "SSN",
         _re(r"(?<![\w-])\d{9}(?![\w-])"),

@@ -43,10 +43,38 @@ def placeholder_for(kind: str, value: str, state: dict[str, Any], namespace: str
     return candidate
 
 
+def _known_occurrences(
+    text: str, taken: list[tuple[int, int, str]], state: dict[str, Any], namespace: str, min_length: int
+) -> list[tuple[int, int, str]]:
+    """Other occurrences of values already replaced in this request (a detector may miss a repeat)."""
+    known = [key.split("\x00", 1) for key in _table(state, namespace)["placeholders"]]
+    known += [[kind, text[start:end]] for start, end, kind in taken]
+    extra: list[tuple[int, int, str]] = []
+    for kind, value in sorted(known, key=lambda kv: -len(kv[1])):
+        if len(value) < min_length:
+            continue
+        at = text.find(value)
+        while at >= 0:
+            end = at + len(value)
+            if not any(s < end and at < e for s, e, _ in taken + extra):
+                extra.append((at, end, kind))
+            at = text.find(value, end)
+    return extra
+
+
 def replace_spans(
-    text: str, spans: Iterable[tuple[int, int, str]], state: dict[str, Any], namespace: str
+    text: str,
+    spans: Iterable[tuple[int, int, str]],
+    state: dict[str, Any],
+    namespace: str,
+    repeats_from: int | None = None,
 ) -> str:
-    """``text`` with each ``(start, end, type)`` span (non-overlapping) replaced by its placeholder."""
+    """``text`` with each ``(start, end, type)`` span (non-overlapping) replaced by its placeholder. With
+    ``repeats_from``, every other occurrence of a value (this text's or one replaced earlier in the request) at
+    least that long is replaced too."""
+    spans = list(spans)
+    if repeats_from is not None:
+        spans += _known_occurrences(text, spans, state, namespace, repeats_from)
     parts: list[str] = []
     last = 0
     for start, end, kind in sorted(spans):

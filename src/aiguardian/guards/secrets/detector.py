@@ -15,12 +15,13 @@ from typing import Any
 
 import orjson
 
-from aiguardian.guards.secrets.rules import RULES, scan
+from aiguardian.guards.secrets.rules import PROVIDER_RULES, RULES, scan
 from aiguardian.guards.tasks import MODELS_DIR
 
 MODEL_FILE = "secrets.json"
 THRESHOLD = 0.5
 PRIOR_WEIGHT = 4.0  # pseudo-records of the prior in each rule's calibrated score
+_PROVIDER_NAMES = frozenset(r.name for r in PROVIDER_RULES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,10 @@ class Secret:
     start: int
     end: int
     score: float
+
+
+def _tier(rule: str) -> int:
+    return 0 if rule in _PROVIDER_NAMES else 2 if rule == "high_entropy" else 1
 
 
 class SecretsDetector:
@@ -42,10 +47,11 @@ class SecretsDetector:
         return cls({str(k): float(v) for k, v in model["rule_scores"].items()}, float(model["threshold"]))
 
     def detect(self, text: str) -> list[Secret]:
-        """Secrets in text order; overlapping hits keep the more confident (then the longer) one."""
+        """Secrets in text order; of overlapping hits a provider format wins over a context rule and that over
+        bare entropy, then the more confident, then the longer one."""
         hits = sorted(
             (Secret(h.rule, h.start, h.end, self.rule_scores.get(h.rule, h.score)) for h in scan(text)),
-            key=lambda s: (-s.score, -(s.end - s.start), s.start),
+            key=lambda s: (_tier(s.type), -s.score, -(s.end - s.start), s.start),
         )
         kept: list[Secret] = []
         for hit in hits:

@@ -71,9 +71,9 @@ class SecretsGuard:
         return verdict
 
     def redact(self, text: str, state: dict[str, Any]) -> str:
-        return replace_spans(
-            text, ((s.start, s.end, PLACEHOLDER_TYPE) for s in self.find(text)), state, NAMESPACE
-        )
+        spans = [(s.start, s.end, PLACEHOLDER_TYPE) for s in self.find(text)]
+        # A secret quoted again elsewhere (or in a later message) is replaced wherever it appears.
+        return replace_spans(text, spans, state, NAMESPACE, repeats_from=4)
 
     def restore(self, text: str, state: dict[str, Any]) -> str:
         if not self.restore_values:

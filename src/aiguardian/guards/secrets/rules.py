@@ -68,6 +68,8 @@ def high_entropy(value: str) -> bool:
         return False
     if re.fullmatch(r"[0-9a-fA-F-]+", value):  # hex digests and UUIDs: hashes in lockfiles, ids
         return False
+    if re.match(r"(?:sha\d+|md5|blake2b?)[-:]", value, re.IGNORECASE):  # subresource integrity hashes
+        return False
     classes = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]"))
     if classes < 3 or re.fullmatch(r"[A-Za-z]+(?:[-_./][A-Za-z]+)*\d*", value):
         return False
