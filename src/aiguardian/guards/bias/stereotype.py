@@ -11,9 +11,13 @@ stereotype; the model learns that from the neutral statements it is trained on. 
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
 
 from aiguardian.guards.ml.classifier import TextClassifierTask
+from aiguardian.guards.ml.data import plain_sentences, read_labelled, train_file
 from aiguardian.guards.ml.features import HashingFeaturizer
 from aiguardian.guards.ml.guard import ClassifierGuard
 
@@ -85,7 +89,22 @@ TASK = TextClassifierTask(
     fit_options={"c_grid": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0), "folds": 5, "min_df": 2},
 )
 scorer = TASK.scorer
-train = TASK.train
+PLAIN_SENTENCES = 3000
+
+
+def train(data_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+    """Train on ``bias/train.jsonl`` plus ordinary sentences as negatives.
+
+    The bias set's negatives are template narratives (BBQ) and anti-stereotypes, so alone it teaches that any
+    plain sentence is a stereotype ("hi" scored 0.86). Sentences of consistent summaries and benign prompts
+    from the other tasks' *training* files (:func:`plain_sentences`) teach that naming no group and
+    generalising about no one is not bias.
+    """
+    texts, labels = read_labelled(train_file(data_dir, "bias"))
+    extra = plain_sentences(data_dir, PLAIN_SENTENCES, seed)
+    all_labels = np.concatenate([labels, np.zeros(len(extra), dtype=np.int64)])
+    summary = TASK.train_on([*texts, *extra], all_labels, out_dir, seed)
+    return {**summary, "plain_sentences": len(extra)}
 
 
 class BiasGuard(ClassifierGuard):

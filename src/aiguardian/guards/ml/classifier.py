@@ -75,9 +75,16 @@ class TextClassifierTask:
         return score
 
     def train(self, data_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+        """Train on ``data_dir/<task>/train.jsonl`` and write the model into ``out_dir``."""
+        texts, labels = read_labelled(train_file(data_dir, self.task))
+        return self.train_on(texts, labels, out_dir, seed)
+
+    def train_on(
+        self, texts: Sequence[str], labels: np.ndarray[Any, np.dtype[np.int64]], out_dir: Path, seed: int
+    ) -> dict[str, Any]:
+        """Train on the given texts and labels and write the model into ``out_dir``."""
         from aiguardian.guards.ml import training
 
-        texts, labels = read_labelled(train_file(data_dir, self.task))
         rows = self.featurizer.transform(texts)
         result = training.fit(
             self.featurizer,
