@@ -58,12 +58,15 @@ class PIIGuard:
             verdict.reason_codes.append(REASON)
             verdict.action = self.action
             if self.action is Action.REDACT:
-                verdict.redacted_text = self.redact(context.text, context.state)
+                verdict.redacted_text = self._replace(context.text, found, context.state)
         verdict.elapsed_ms = (time.perf_counter() - started) * 1000
         return verdict
 
     def redact(self, text: str, state: dict[str, Any]) -> str:
-        spans = [(e.start, e.end, e.type) for e in self.find(text)]
+        return self._replace(text, self.find(text), state)
+
+    def _replace(self, text: str, found: list[Entity], state: dict[str, Any]) -> str:
+        spans = [(e.start, e.end, e.type) for e in found]
         # Repeats of a value found once in the request are replaced too, but not short ones ("36", "Mr.").
         return replace_spans(text, spans, state, NAMESPACE, repeats_from=6)
 

@@ -66,12 +66,15 @@ class SecretsGuard:
             verdict.reason_codes.append(REASON)
             verdict.action = self.action
             if self.action is Action.REDACT:
-                verdict.redacted_text = self.redact(context.text, context.state)
+                verdict.redacted_text = self._replace(context.text, found, context.state)
         verdict.elapsed_ms = (time.perf_counter() - started) * 1000
         return verdict
 
     def redact(self, text: str, state: dict[str, Any]) -> str:
-        spans = [(s.start, s.end, PLACEHOLDER_TYPE) for s in self.find(text)]
+        return self._replace(text, self.find(text), state)
+
+    def _replace(self, text: str, found: list[Secret], state: dict[str, Any]) -> str:
+        spans = [(s.start, s.end, PLACEHOLDER_TYPE) for s in found]
         # A secret quoted again elsewhere (or in a later message) is replaced wherever it appears.
         return replace_spans(text, spans, state, NAMESPACE, repeats_from=4)
 
