@@ -189,7 +189,8 @@ class Pattern:
     # When set, a match counts only if this matches the 48 characters before it.
     context: re.Pattern[str] | None = None
     # Lower-case strings one of which a text must contain for the pattern to run at all (a cheap test that
-    # lets ordinary prose skip most patterns); "0" stands for any digit.
+    # lets ordinary prose skip most patterns); "0" stands for any digit. Patterns with a context need one of
+    # their keywords (and the regex itself needs digits).
     needs: tuple[str, ...] = ("0",)
 
 
@@ -252,6 +253,7 @@ PATTERNS: tuple[Pattern, ...] = (
         ssn_valid,
         0.7,
         context=_kw(r"\bssn\b|social\s+security"),
+        needs=("ssn", "social"),
     ),
     Pattern(
         "PHONE",
@@ -311,6 +313,7 @@ PATTERNS: tuple[Pattern, ...] = (
         0.8,
         "IN_AADHAAR",
         _kw(r"aadhaa?r|uidai|\buid\b"),
+        ("aadha", "uid"),
     ),
     Pattern(NATIONAL_ID, _re(r"\b[A-Z]{3}[ABCFGHLJPT][A-Z]\d{4}[A-Z]\b"), score=0.75, detail="IN_PAN"),
     Pattern(
@@ -335,6 +338,7 @@ PATTERNS: tuple[Pattern, ...] = (
         0.75,
         "CA_SIN",
         _kw(r"\bsin\b|social\s+insurance"),
+        ("sin", "social"),
     ),
     Pattern(
         NATIONAL_ID,
@@ -343,6 +347,7 @@ PATTERNS: tuple[Pattern, ...] = (
         0.75,
         "NL_BSN",
         _kw(r"\bbsn\b|burgerservice"),
+        ("bsn", "burgerservice"),
     ),
     Pattern(
         NATIONAL_ID,
@@ -351,6 +356,7 @@ PATTERNS: tuple[Pattern, ...] = (
         0.75,
         "PL_PESEL",
         _kw(r"pesel"),
+        ("pesel",),
     ),
     Pattern(
         NATIONAL_ID,
@@ -368,6 +374,7 @@ PATTERNS: tuple[Pattern, ...] = (
         0.75,
         "AU_TFN",
         _kw(r"\btfn\b|tax\s+file"),
+        ("tfn", "tax"),
     ),
 )
 
