@@ -1,0 +1,1 @@
+"""SecretsGuard: credentials found by provider and context rules with calibrated scores."""
