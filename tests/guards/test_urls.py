@@ -86,3 +86,13 @@ def test_input_is_checked_only_when_asked() -> None:
     text = "open javascript:alert(1)"
     assert check(text, direction=Direction.INPUT).findings == []
     assert check(text, direction=Direction.INPUT, check_input=True).reason_codes == [DENIED]
+
+
+def test_a_stream_window_skips_links_it_may_have_cut() -> None:
+    cut_end = "Read the docs at https://docs.pyth"
+    cut_start = "ps://docs.python.org/3/ has the details."
+    assert check(cut_end, direction=Direction.STREAM).findings == []
+    assert check(cut_start, direction=Direction.STREAM).findings == []
+    assert check(cut_start, direction=Direction.OUTPUT).reason_codes == [DENIED]
+    whole = "Read https://-bad-.com/ today."
+    assert check(whole, direction=Direction.STREAM).reason_codes == [MALFORMED]

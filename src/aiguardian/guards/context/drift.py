@@ -325,6 +325,9 @@ def _text(content: Any) -> str:
 class DriftGuard:
     """Warns (by default) when the last user turn drifts from the conversation's purpose: ``CONTEXT_DRIFT``.
 
+    The turn is the last ``user`` message of ``context.messages`` (``context.text`` when there are none), so a
+    caller that checks each turn passes the conversation up to and including it.
+
     Options: ``threshold`` on the drift score (default: the model's), ``action`` (default ``warn``),
     ``allowed_topics`` (short descriptions of what the conversation may be about; each counts as a purpose of
     its own), ``purpose_turns`` (how many first user turns join the system prompt as the purpose, default 2),
