@@ -113,8 +113,8 @@ def test_training_twice_with_one_seed_writes_the_same_bytes(tmp_path: Path) -> N
     data.mkdir(parents=True)
     lines = (EVAL / "grounding" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:160]
     (data / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    first = grounding.train(tmp_path / "data", tmp_path / "a", seed=7)
-    grounding.train(tmp_path / "data", tmp_path / "b", seed=7)
+    first = grounding.train(tmp_path / "data", tmp_path / "a", seed=7, iterations=20)
+    grounding.train(tmp_path / "data", tmp_path / "b", seed=7, iterations=20)
     a = (tmp_path / "a" / grounding.MODEL_FILE).read_bytes()
     assert a == (tmp_path / "b" / grounding.MODEL_FILE).read_bytes()
     assert first["records"] == 160

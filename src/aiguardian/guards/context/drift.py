@@ -352,11 +352,12 @@ class DriftGuard:
         self.allowed_topics = [t for t in allowed_topics or () if t.strip()]
         self.purpose_turns = purpose_turns
         self.min_terms = min_terms
-        self.model_dir = Path(model_dir) if model_dir else None
+        # Loaded when a policy builds the guard (the loader does that off the event loop), once per process.
+        self.model = load_model(Path(model_dir) if model_dir else None)
 
     @property
     def threshold(self) -> float:
-        return self._threshold if self._threshold is not None else load_model(self.model_dir).threshold
+        return self._threshold if self._threshold is not None else self.model.threshold
 
     def purpose(self, context: GuardContext) -> list[str]:
         """The texts the last user turn is compared with: the system prompt and first user turns (as one text)
@@ -378,7 +379,7 @@ class DriftGuard:
         turn = _text(users[-1].get("content")) if users else context.text
         purposes = self.purpose(context)
         if purposes and turn.strip():
-            model = load_model(self.model_dir)
+            model = self.model
             if model.known_terms(turn) >= self.min_terms:
                 verdict.score = model.drift(turn, purposes)
                 if verdict.score >= self.threshold:

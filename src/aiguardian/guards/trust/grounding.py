@@ -467,13 +467,14 @@ class GroundingGuard:
     ) -> None:
         self.action = Action(action)
         self.max_findings = max_findings
-        self.model_path = Path(model_path) if model_path else None
+        # Loaded when a policy builds the guard (the loader does that off the event loop), once per process.
+        self.model = load_model(Path(model_path) if model_path else None)
         self._threshold = threshold
 
     @property
     def threshold(self) -> float:
         if self._threshold is None:
-            return 1.0 - load_model(self.model_path).threshold
+            return 1.0 - self.model.threshold
         return self._threshold
 
     def check(self, context: GuardContext) -> Verdict:
@@ -482,7 +483,7 @@ class GroundingGuard:
         text = context.text
         sources = [s for s in context.sources if s and s.strip()]
         if sources and text.strip() and context.direction is not Direction.INPUT:
-            model = load_model(self.model_path)
+            model = self.model
             doc = document("\n\n".join(sources))
             threshold = self.threshold
             verdict.score = 1.0 - float(model.supported(np.asarray([model.vectorize(doc, text)]))[0])
@@ -601,7 +602,16 @@ _MORE_SUPPORTED = frozenset(
 )
 
 
-def train(data_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+def train(data_dir: Path, out_dir: Path, seed: int, iterations: int = 200) -> dict[str, Any]:
+    """Train on ``data_dir/grounding/train.jsonl``; ``iterations`` boosting rounds (fewer: a quick test)."""
+    from threadpoolctl import threadpool_limits
+
+    # One thread: the sums inside histogram boosting then come out the same on any machine, byte for byte.
+    with threadpool_limits(limits=1):
+        return _train(data_dir, out_dir, seed, iterations)
+
+
+def _train(data_dir: Path, out_dir: Path, seed: int, iterations: int) -> dict[str, Any]:
     from scipy import sparse
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
@@ -630,13 +640,13 @@ def train(data_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
     oof_words = np.zeros(len(records))
     for fit, held in folds:
         word_model.fit(words[fit], y[fit])
-        oof_words[held] = words[held] @ word_model.coef_[0]
+        oof_words[held] = words[held] @ _rounded(word_model.coef_[0])
     word_model.fit(words, y)
     x = np.c_[dense_x, oof_words]
 
     monotone = [-1 if f in _LESS_SUPPORTED else 1 if f in _MORE_SUPPORTED else 0 for f in FEATURES]
     params: dict[str, Any] = {
-        "max_iter": 200,
+        "max_iter": iterations,
         "max_depth": 3,
         "learning_rate": 0.05,
         "min_samples_leaf": 20,
@@ -704,7 +714,7 @@ def train(data_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
             np.asarray([float(check.word_weights[b].sum()) for b in bucket_rows[:50]]),
         ]
     )
-    x_full = np.c_[dense_x[:50], words[:50] @ word_model.coef_[0]]
+    x_full = np.c_[dense_x[:50], words[:50] @ _rounded(word_model.coef_[0])]
     theirs = final.decision_function(x_full)
     gap = float(np.abs(mine - 1 / (1 + np.exp(-theirs))).max())
     if gap > 1e-4:
@@ -716,6 +726,11 @@ def train(data_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
 
 def _r(value: float) -> float:
     return float(f"{value:.6g}")
+
+
+def _rounded(values: Floats) -> Floats:
+    """Six significant digits, as shipped: the solver's last bits vary from run to run, the file must not."""
+    return np.asarray([_r(float(v)) for v in values], dtype=np.float64)
 
 
 def _balanced_threshold(y: npt.NDArray[np.int64], p: Floats) -> float:
