@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -108,9 +108,29 @@ def train(data_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
 
 
 class BiasGuard(ClassifierGuard):
-    """Identity attacks and stereotyping generalisations about social groups."""
+    """Identity attacks and stereotyping generalisations about social groups.
+
+    The model is trained for F1 on sentences that nearly all name a group, so on everyday text it is quick to
+    fire. The guard asks more: by default a threshold of ``DEFAULT_THRESHOLD`` (not the training one), and a
+    text that names no group and has no othering phrase (``those people``, ``go back``) counts half its score.
+    """
 
     name: ClassVar[str] = "bias"
     task: ClassVar[TextClassifierTask] = TASK
     reason: ClassVar[str] = "BIAS_STEREOTYPE"
     finding: ClassVar[str] = "stereotype"
+    DEFAULT_THRESHOLD: ClassVar[float] = 0.6
+    NO_GROUP_FACTOR: ClassVar[float] = 0.5
+
+    def __init__(
+        self,
+        threshold: float | None = None,
+        action: Literal["block", "warn"] = "block",
+        models_dir: str | None = None,
+    ) -> None:
+        super().__init__(self.DEFAULT_THRESHOLD if threshold is None else threshold, action, models_dir)
+
+    def score(self, text: str) -> tuple[float, tuple[int, int] | None]:
+        value, span = super().score(text)
+        names_a_group = _SIGNALS[0][1].search(text) or _SIGNALS[-1][1].search(text)
+        return (value if names_a_group else value * self.NO_GROUP_FACTOR), span
