@@ -74,10 +74,20 @@ _SIGNALS: tuple[tuple[str, re.Pattern[str]], ...] = (
 SIGNAL_NAMES: tuple[str, ...] = tuple(name for name, _ in _SIGNALS)
 
 
+_NEEDS_GROUP = frozenset({"generalisation", "because_group"})
+
+
 def signals(text: str) -> list[float]:
-    """The hand-written signals of one text, each in [0, 1]."""
+    """The hand-written signals of one text, each in [0, 1]. The patterns that need a group are skipped when
+    the text names none."""
     head = text[:5000]
-    return [min(len(pattern.findall(head)), 3) / 3 for _, pattern in _SIGNALS]
+    values: list[float] = []
+    for name, pattern in _SIGNALS:
+        if name in _NEEDS_GROUP and not values[0]:
+            values.append(0.0)
+            continue
+        values.append(min(len(pattern.findall(head)), 3) / 3)
+    return values
 
 
 TASK = TextClassifierTask(

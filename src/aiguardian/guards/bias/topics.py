@@ -65,6 +65,7 @@ class Topic:
     keywords: re.Pattern[str] | None
     description_words: re.Pattern[str] | None
     description: SparseRows | None
+    description_weights: np.ndarray[Any, np.dtype[np.float32]] | None
 
     @classmethod
     def parse(cls, name: str, spec: Any) -> Topic:
@@ -83,11 +84,17 @@ class Topic:
             raise ValueError(f"topic {name!r} is empty")
         content = [w for w in _WORD.findall(_normal(description)) if w not in _STOPWORDS and len(w) > 2]
         stems = [w[:-1] if w.endswith("s") and len(w) > 4 else w for w in content]
+        vector = _FEATURIZER.transform([description]) if description.strip() else None
+        weights = None
+        if vector is not None:
+            weights = np.zeros(_FEATURIZER.width, dtype=np.float32)
+            weights[vector.indices] = vector.data
         return cls(
             name=name,
+            description_weights=weights,
             keywords=_phrase_pattern(keywords),
             description_words=_phrase_pattern(stems),
-            description=_FEATURIZER.transform([description]) if description.strip() else None,
+            description=vector,
         )
 
 
@@ -130,12 +137,10 @@ class BannedTopicsGuard:
             distinct = {m.group().rstrip("s") for m in hits}
             if distinct:
                 best, span = min(1.0, self.description_hit * len(distinct)), hits[0].span()
-        if topic.description is not None:
+        if topic.description_weights is not None:
             spans = segments(text, long_line=200) or [(0, len(text))]
-            rows = _FEATURIZER.transform([text[s:e] for s, e in spans])
-            weights = np.zeros(_FEATURIZER.width, dtype=np.float32)
-            weights[topic.description.indices] = topic.description.data
-            cosine = rows.dot(weights)
+            rows = _FEATURIZER.transform_segments([text[s:e] for s, e in spans])[0]
+            cosine = rows.dot(topic.description_weights)
             top = int(np.argmax(cosine))
             similarity = min(1.0, float(cosine[top]) * self.similarity_weight)
             if similarity > best:

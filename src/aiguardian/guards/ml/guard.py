@@ -52,11 +52,15 @@ class ClassifierGuard:
             return float(self.task.scores([text], self.models_dir)[0]), None
         pieces = [text[s:e] for s, e in spans]
         per_segment, whole = self.model.featurizer.transform_segments(pieces)
-        margins = self.model.margins(per_segment, self.task.signal_matrix(pieces))
+        # The n-gram part picks the worst segment; the (slower) signals are computed for it and the whole only.
+        top = int(
+            np.argmax(self.model.margins(per_segment, np.zeros((len(pieces), len(self.model.signal_names)))))
+        )
+        top_row = self.model.featurizer.transform([pieces[top]])
+        top_margin = self.model.margins(top_row, self.task.signal_matrix([pieces[top]]))[0]
         overall = self.model.margins(whole, self.task.signal_matrix([text]))[0]
-        top = int(np.argmax(margins))
-        if margins[top] > overall:
-            return float(sigmoid(margins[top : top + 1])[0]), spans[top]
+        if top_margin > overall:
+            return float(sigmoid(np.array([top_margin]))[0]), spans[top]
         return float(sigmoid(np.array([overall]))[0]), None
 
     def check(self, context: GuardContext) -> Verdict:

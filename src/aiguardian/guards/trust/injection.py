@@ -8,8 +8,10 @@ Two linear models over the shared hashed n-grams (:mod:`aiguardian.guards.ml`) a
 - the *segment* model reads each line (or sentence of a long line) alone, so one instruction planted in a
   long table, e-mail or code answer is not drowned by the rest of it.
 
-A two-weight logistic combiner (fitted on out-of-fold margins) joins the text margin and the highest segment
-margin into the score. The finding points at the segment that scored highest.
+A small logistic combiner (fitted on out-of-fold margins) joins the text margin and, for a text of more than
+one segment, the highest segment margin into the score. A one-segment text is judged by the text model alone:
+a lone request such as "Summarise this in three bullet points" is an attack only when it hides inside
+someone else's document. The finding points at the segment that scored highest.
 """
 
 from __future__ import annotations
@@ -214,9 +216,9 @@ class InjectionModel:
     segment: LinearModel
 
     @property
-    def combiner(self) -> tuple[float, float, float]:
-        a, b, c = self.text.meta["combiner"]
-        return float(a), float(b), float(c)
+    def combiner(self) -> tuple[float, float, float, float]:
+        a, b, c, d = self.text.meta["combiner"]
+        return float(a), float(b), float(c), float(d)
 
     @property
     def threshold(self) -> float:
@@ -228,12 +230,16 @@ class InjectionModel:
         pieces = [text[s:e] for s, e in spans]
         per_segment, whole = self.text.featurizer.transform_segments(pieces)
         text_signals, seg_signals = signals(text, spans)
-        text_margin = self.text.margins(whole, [text_signals])[0]
-        seg_margins = self.segment.margins(per_segment, seg_signals)
-        top = int(np.argmax(seg_margins))
-        a, b, c = self.combiner
-        score = float(sigmoid(np.array([a * text_margin + b * seg_margins[top] + c]))[0])
-        return score, top, spans[top]
+        margin = self.text.margins(whole, [text_signals])[0]
+        a, b, c, d = self.combiner
+        top = 0
+        if len(spans) > 1:
+            seg_margins = self.segment.margins(per_segment, seg_signals)
+            top = int(np.argmax(seg_margins))
+            margin = a * margin + b * seg_margins[top] + c + d
+        else:
+            margin = a * margin + d
+        return float(sigmoid(np.array([margin]))[0]), top, spans[top]
 
 
 _lock = threading.Lock()
@@ -342,14 +348,15 @@ def train(data_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
     text_oof, seg_oof = text_fit.out_of_fold, seg_fit.out_of_fold
     top_seg = np.full(len(texts), -np.inf)
     np.maximum.at(top_seg, corpus.segment_docs, seg_oof)
-    stacked = np.column_stack([text_oof, top_seg])
+    several = (np.bincount(corpus.segment_docs, minlength=len(texts)) > 1).astype(np.float64)
+    stacked = np.column_stack([text_oof, top_seg * several, several])
     combiner = LogisticRegression(C=1.0).fit(stacked, labels)
     combined = combiner.predict_proba(stacked)[:, 1]
     threshold, f1, fpr = training.best_threshold(labels, combined, max_fpr=MAX_FPR)
-    a, b = (float(x) for x in combiner.coef_.ravel())
+    a, b, c = (float(x) for x in combiner.coef_.ravel())
     text_model, seg_model = text_fit.model, seg_fit.model
     text_model.meta.update(
-        combiner=[round(a, 6), round(b, 6), round(float(combiner.intercept_[0]), 6)],
+        combiner=[round(a, 6), round(b, 6), round(c, 6), round(float(combiner.intercept_[0]), 6)],
         combined_threshold=threshold,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
