@@ -9,6 +9,7 @@ settlement in the usage ledger under the caller's ids. Knows the request only fo
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from starlette.requests import Request
 
 from aiguardian.core.errors import AIGError
 from aiguardian.gateway.service import Gateway
+from aiguardian.guards import token_guard
 from aiguardian.guards.chat import SOURCES_FIELD
 from aiguardian.guards.pipeline import GuardBlocked
 from aiguardian.guards.service import GuardService
@@ -59,6 +61,7 @@ async def admit(
     plan = gateway.router.plan(model)
     candidates: list[tuple[str, str]] = [(d.provider, d.upstream_model) for d in plan]
     ids = {"trace_id": request.state.request_id, "user_id": principal.user_id, "key_id": principal.key_id}
+    started = time.perf_counter()
     try:
         if kind == "chat":
             own = [d for d in plan if d.model == model]
@@ -67,7 +70,7 @@ async def admit(
             completion = usage.max_completion(payload, prompt, window)
         else:
             prompt, completion = await tokens.count_input_async(payload.get("input")), 0
-        return await usage.admit(
+        call = await usage.admit(
             **ids,
             model=model,
             stream=stream,
@@ -75,9 +78,12 @@ async def admit(
             max_completion=completion,
             candidates=candidates,
         )
-    except AIGError:
+    except AIGError as error:
+        token_guard.report(request, started, error=error)  # TokenGuard, as the first guard's verdict
         await usage.blocked(**ids, model=model, stream=stream)
         raise
+    token_guard.report(request, started, warnings=call.warnings)
+    return call
 
 
 @dataclass

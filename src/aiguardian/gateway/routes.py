@@ -20,6 +20,9 @@ from aiguardian.gateway.completions import answer_text as _answer_text
 from aiguardian.gateway.deployments import DEMO_MODEL
 from aiguardian.gateway.schemas import ChatCompletionRequest, EmbeddingsRequest, ModelCard, ModelList
 from aiguardian.gateway.service import Gateway, Outcome, StreamUsage
+from aiguardian.guards.chat import ChatGuard
+from aiguardian.guards.pipeline import GuardBlocked
+from aiguardian.guards.service import GuardService
 from aiguardian.identity.auth import check_model, require_scope
 from aiguardian.identity.service import Principal
 from aiguardian.usage.routes import UsageDep
@@ -130,24 +133,39 @@ async def _from_cache(
 
 
 async def _settled(
-    request: Request, usage: UsageService, call: Call, pending: Awaitable[Outcome], cache: str = "off"
+    request: Request,
+    usage: UsageService,
+    call: Call,
+    pending: Awaitable[Outcome],
+    cache: str = "off",
+    screen: ChatGuard | None = None,
 ) -> Response:
-    """Await a non-streamed call, settle its reservation whatever happens, answer with its body."""
+    """Await a non-streamed call, settle its reservation whatever happens, answer with its body (after the
+    output guards, when there are any: an answer they block is paid for, and not given)."""
     try:
         outcome = await pending
     except BaseException:
         await usage.finish(call, status="error")
         raise
     deployment = outcome.deployment
+    blocked: GuardBlocked | None = None
+    if screen is not None:
+        try:
+            await screen.check_answer(outcome.body)
+        except GuardBlocked as exc:
+            blocked = exc
     await usage.finish(
         call,
-        status="ok",
+        status="blocked" if blocked else "ok",
+        charge=True,
         usage=outcome.usage,
         completion_text=_answer_text(outcome.body) if outcome.usage is None else None,
         deployment=deployment.id,
         provider=deployment.provider,
         upstream_model=deployment.upstream_model,
     )
+    if blocked is not None:
+        raise blocked
     return Response(
         orjson.dumps(outcome.body),
         media_type="application/json",
@@ -163,17 +181,25 @@ async def chat_completions(
     audit(request, "gateway.chat", body.model)
     check_model(principal, body.model)  # first: a key limited to some models must not probe for others
     gateway.require_model(body.model)
+    guards: GuardService = request.app.state.guards
+    screen = guards.chat(request, payload, key_id=principal.key_id, user_id=principal.user_id)
     call = await _admit(request, principal, gateway, usage, payload, kind="chat", stream=body.stream)
     client_wants_usage = bool((body.stream_options or {}).get("include_usage"))
-    # (the input guards go here: before the cache lookup, so a cached answer is no way around them)
-    plan = _cache_plan(request, principal, gateway, payload)
-    hit = await gateway.cached(plan)
+    try:  # before the cache lookup, so a cached answer is no way around them; redaction shapes the key
+        await screen.check_input(payload)
+        plan = _cache_plan(request, principal, gateway, payload)
+        hit = await gateway.cached(plan)
+        if hit is not None:
+            await screen.check_answer(hit.body)
+    except GuardBlocked:
+        await usage.finish(call, status="blocked")  # nothing was sent upstream; the reservation is released
+        raise
     if hit is not None:
         return await _from_cache(
             request, usage, call, hit, stream=body.stream, wants_usage=client_wants_usage
         )
     if not body.stream:
-        return await _settled(request, usage, call, gateway.chat(payload, plan), plan.label)
+        return await _settled(request, usage, call, gateway.chat(payload, plan), plan.label, screen)
 
     payload["stream_options"] = {**(body.stream_options or {}), "include_usage": True}
     try:
@@ -182,15 +208,19 @@ async def chat_completions(
         await usage.finish(call, status="error")
         raise
     usage_reader = StreamUsage(client_wants_usage)
+    outward = screen.stream()
     relayed: list[bytes] = []
     completed = False
+    stopped = False  # by an output guard
 
     async def settle() -> None:
         await stream.aclose()
+        outward.conclude()
         deployment = outcome.deployment
         await usage.finish(
             call,
-            status="ok" if completed else "error",  # broken upstream, or the client went away
+            # error: a broken upstream, or the client went away
+            status="ok" if completed else "blocked" if stopped else "error",
             charge=True,
             usage=usage_reader.usage,
             completion_text=_streamed_text(relayed) if usage_reader.usage is None else None,
@@ -200,22 +230,26 @@ async def chat_completions(
         )
 
     async def relay() -> AsyncIterator[bytes]:
-        nonlocal completed
+        nonlocal completed, stopped
         try:
             relayed.append(first)
-            head = usage_reader.feed(first)
+            head = await outward.feed(usage_reader.feed(first))
             if head:
                 yield head
             async for chunk in stream:
                 relayed.append(chunk)
-                out = usage_reader.feed(chunk)
+                out = await outward.feed(usage_reader.feed(chunk))
                 if out:
                     yield out
-            rest = usage_reader.flush()
+            rest = await outward.finish(usage_reader.flush())
             if rest:
                 yield rest
             completed = True
             await gateway.remember_stream(plan, body.model, outcome, relayed, usage_reader.usage)
+        except GuardBlocked as blocked:  # the last event says why; the upstream is closed in settle()
+            stopped = True
+            request.state.reason_codes = blocked.reason_codes
+            yield blocked.sse_event(request.state.request_id)
         except Exception as exc:
             yield _stream_error(f"the upstream stream broke: {getattr(exc, 'message', type(exc).__name__)}")
         finally:
