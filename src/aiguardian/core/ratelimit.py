@@ -13,6 +13,7 @@ pipeline of ``limits``' own scripts would be one round trip too, but redis-py ch
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ import structlog
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 log = structlog.get_logger("aiguardian.ratelimit")
@@ -61,6 +62,8 @@ for i = 1, #KEYS / 2 do
 end
 return table.concat(result, ' ')
 """
+
+_CONNECTIONS = 8  # Redis connections (and commands in flight) per process: each holds one for ~0.1 ms
 
 Check = tuple[str, str]  # (limit, identifier), say ("600/minute", "key:1f2e...")
 
@@ -104,17 +107,23 @@ def _decision(item: RateLimitItem, allowed: bool, window: tuple[int, float, int,
 
 
 class RateLimiter:
-    def __init__(self, redis_url: str | None, namespace: str, retry_seconds: float = 2.0) -> None:
+    def __init__(
+        self, redis_url: str | None, namespace: str, retry_seconds: float = 2.0, timeout: float = 1.0
+    ) -> None:
         self._memory = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._redis: Redis | None = None
+        # A burst of requests waits its turn for a connection: a pool that refuses past its size would send
+        # the burst's counts to memory, where each process counts alone. redis-py's BlockingConnectionPool
+        # waits, but its condition, timer and bookkeeping cost as much CPU as the rest of the command; a
+        # semaphore in front of a pool of the same size waits as well, for next to nothing when nobody does.
+        self._slots = asyncio.Semaphore(_CONNECTIONS)
         if redis_url:
-            # A burst of requests waits its turn for a connection (longer than a command may take: a wait is
-            # this process being busy, not Redis being down). redis-py's default pool refuses past 100
-            # connections instead, which sent a burst's counts to memory, where each process counts alone.
-            pool = BlockingConnectionPool.from_url(
-                redis_url, max_connections=32, timeout=5, socket_timeout=1, socket_connect_timeout=1
+            self._redis = Redis.from_url(
+                redis_url,
+                max_connections=_CONNECTIONS,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
             )
-            self._redis = Redis.from_pool(pool)
             self._script = self._redis.register_script(_HIT_SCRIPT)
         # limits' RedisStorage names a counter "<key_prefix>:{<key>}" and its previous window "…/-1".
         self._prefix = f"{namespace}:limits:"
@@ -140,13 +149,20 @@ class RateLimiter:
         """Count one hit against each ``(limit, identifier)``, each on its own as :meth:`hit` would, in one
         step (one Redis round trip); the decisions come in the order of ``checks``."""
         items = [(self.item(limit), identifier) for limit, identifier in checks]
-        if self._redis is not None and time.monotonic() >= self._shared_down_until:
-            try:
-                return await self._hit_shared(items)
-            except (RedisError, OSError) as exc:
-                self._shared_down_until = time.monotonic() + self._retry_seconds
-                log.warning("redis unreachable, rate limits counted in memory", error=type(exc).__name__)
+        if self._shared_up():
+            async with self._slots:
+                if self._shared_up():  # it may have failed while this request waited for a connection
+                    try:
+                        return await self._hit_shared(items)
+                    except (RedisError, OSError) as exc:
+                        self._shared_down_until = time.monotonic() + self._retry_seconds
+                        log.warning(
+                            "redis unreachable, rate limits counted in memory", error=type(exc).__name__
+                        )
         return [await self._hit_memory(item, identifier) for item, identifier in items]
+
+    def _shared_up(self) -> bool:
+        return self._redis is not None and time.monotonic() >= self._shared_down_until
 
     def _counter(self, item: RateLimitItem, identifier: str) -> str:
         return f"{self._prefix}{{{item.key_for(identifier)}}}"
@@ -176,7 +192,8 @@ class RateLimiter:
         await self._memory.clear(item, identifier)
         if self._redis is not None:
             counter = self._counter(item, identifier)
-            await self._redis.delete(counter + "/-1", counter)
+            async with self._slots:
+                await self._redis.delete(counter + "/-1", counter)
 
     async def close(self) -> None:
         if self._redis is not None:
