@@ -24,7 +24,7 @@ class ClassifierGuard:
     """
 
     name: ClassVar[str]
-    cpu_bound: ClassVar[bool] = False
+    cpu_bound: ClassVar[bool] = True  # a long text goes to the pipeline's worker thread
     task: ClassVar[TextClassifierTask]
     reason: ClassVar[str]
     finding: ClassVar[str]
