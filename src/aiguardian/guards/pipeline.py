@@ -1,10 +1,11 @@
 """The guard pipeline: run one direction of a policy over a :class:`GuardContext`, combine the verdicts.
 
-Cost model (measured with ``bench/guards/run.py``): a thread hop costs about 0.1 ms, as much as a whole small
-guard check, so guards run on the event loop unless they are ``cpu_bound`` *and* the text is longer than the
-policy file's ``thread_above_chars``; then all such guards of the request go to ONE worker thread, one after
-the other (the GIL would take turns between them anyway), while remote guards wait on the network and the
-small guards run on the loop.
+Cost model (measured with ``bench/guards/run.py``): a thread hop costs at least 0.1 ms, and while a guard
+holds the GIL the event loop gets a turn only every switch interval, so a thread spares the loop little on
+short texts and costs them latency. Guards therefore run on the event loop unless they are ``cpu_bound``
+*and* the text is longer than the policy file's ``thread_above_chars`` (2,000); then all such guards of the
+request go to ONE worker thread, one after the other, while remote guards wait on the network and the small
+guards run on the loop.
 
 Fail closed: a guard that raises, cannot be loaded, or does not answer within ``timeout_ms`` gets a ``block``
 verdict (``GUARD_ERROR``, ``GUARD_TIMEOUT``, ``GUARD_UNAVAILABLE``), or ``warn`` when its entry says
