@@ -400,8 +400,18 @@ async def gateway_app(
         "api_key_env": "AIG_TEST_ANTHROPIC_KEY",
         "upstream_model": "claude-x",
     }
+    # These tests are about the protocol translation: the guards (PII would redact "Ada") stay out of it.
+    policy = tmp_path / "translation-only.yaml"
+    policy.write_text("policies:\n  default:\n    input: [messages]\n    output: []\n    stream: []\n")
     application = create_app(
-        make_settings(tmp_path, backend, pg_url, deployments=[deployment], gateway_retry_backoff_seconds=0.01)
+        make_settings(
+            tmp_path,
+            backend,
+            pg_url,
+            deployments=[deployment],
+            gateway_retry_backoff_seconds=0.01,
+            guards_policy_file=policy,
+        )
     )
     async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
         yield application
