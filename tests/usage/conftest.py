@@ -23,7 +23,17 @@ ANSWER_COST = Decimal("0.010")
 
 
 def usage_settings(tmp_path: Path, backend: str, pg_url: str | None, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"prices": DEMO_PRICES, "rate_limit_default": "100000/minute"}
+    # Usage tests are about metering and budgets: the content guards (tens of ms of CPU per request when
+    # 300 run at once) stay out, and a burst of 300 may wait longer than production's 5 s for a connection.
+    policy = tmp_path / "usage-guards.yaml"
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    policy.write_text("policies:\n  default:\n    input: [messages]\n    output: []\n    stream: []\n")
+    values: dict[str, Any] = {
+        "prices": DEMO_PRICES,
+        "rate_limit_default": "100000/minute",
+        "guards_policy_file": policy,
+        "db_timeout_seconds": 30.0,
+    }
     values.update(overrides)
     return make_settings(tmp_path, backend, pg_url, **values)
 

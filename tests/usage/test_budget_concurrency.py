@@ -110,7 +110,10 @@ async def test_300_requests_across_two_processes_on_postgres(tmp_path: Path, pg_
 
     config = tmp_path / "aiguardian.yaml"
     config.write_text(yaml.safe_dump({"prices": json.loads(json.dumps(DEMO_PRICES))}))
+    policy = tmp_path / "usage-guards.yaml"  # budgets, not content guards, are under test (see conftest)
+    policy.write_text("policies:\n  default:\n    input: [messages]\n    output: []\n    stream: []\n")
     env = {
+        "AIG_GUARDS_POLICY_FILE": str(policy),
         "AIG_CONFIG_FILE": str(config),
         "AIG_DATABASE_URL": pg_url,
         "AIG_REDIS_URL": REDIS_URL or "",
