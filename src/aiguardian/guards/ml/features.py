@@ -82,7 +82,9 @@ def _mix(x: U64) -> U64:
     return x
 
 
+@lru_cache(maxsize=64)
 def _salt(kind: int) -> np.uint64:
+    """What is added to an n-gram's hash so the same string hashes apart as a 3-gram, a word or a bigram."""
     return np.uint64(kind * 0x632BE59BD9B4E019 & 0xFFFFFFFFFFFFFFFF)
 
 
