@@ -125,6 +125,11 @@ def _neighbour(word: str, offset: str) -> tuple[str, ...]:
 _SENTENCE_END = frozenset('.!?:;"')
 
 
+@lru_cache(maxsize=4096)
+def _prefixed(kinds: tuple[str, ...], prefix: str) -> tuple[str, ...]:
+    return tuple(prefix + kind for kind in kinds)
+
+
 def _bucket(n: int) -> str:
     return str(n) if n < 4 else "4-6" if n < 7 else "7+"
 
@@ -183,37 +188,35 @@ def sequence_features(
                 if tokens[k][0] >= match.start and tokens[k][1] <= match.end:
                     pattern_feats[k].append(("pb=" if tokens[k][0] == match.start else "pi=") + match.type)
                 k += 1
+    gz_own = [_prefixed(kinds, "gz=") for kinds in listed]
+    left = [
+        (*_neighbour(w, "-1:"), "-1:" + c, *["-1:" + f for f in p], *_prefixed(g, "-1:gz="))
+        for w, c, p, g in zip(words, cases, pattern_feats, listed, strict=True)
+    ]
+    right = [
+        (*_neighbour(w, "+1:"), "+1:" + c, *["+1:" + f for f in p], *_prefixed(g, "+1:gz="))
+        for w, c, p, g in zip(words, cases, pattern_feats, listed, strict=True)
+    ]
+    lowered = [w.lower()[:16] for w in words]
     out: list[list[str]] = []
     for i, (word, (start, end)) in enumerate(zip(words, tokens, strict=True)):
-        feats = list(word_features(word))
-        feats.append(cases[i])
-        feats.extend(pattern_feats[i])
-        feats.extend("gz=" + kind for kind in listed[i])
-        feats.extend(layout[i])
-        gap_before = text[tokens[i - 1][1] : start] if i else ""
-        gap_after = text[end : tokens[i + 1][0]] if i + 1 < n else ""
+        feats = [*word_features(word), cases[i], *pattern_feats[i], *gz_own[i], *layout[i]]
         if i == 0 or words[i - 1] in _SENTENCE_END:
             # Capitals say little at the start of a sentence.
             feats.append("sentence_start")
-        if not gap_before and i:
+        if i and tokens[i - 1][1] == start:
             feats.append("glued_before")
-        if not gap_after and i + 1 < n:
+        if i + 1 < n and tokens[i + 1][0] == end:
             feats.append("glued_after")
         if i:
-            feats.extend(_neighbour(words[i - 1], "-1:"))
-            feats.append("-1:" + cases[i - 1])
-            feats.extend("-1:" + f for f in pattern_feats[i - 1])
-            feats.extend("-1:gz=" + kind for kind in listed[i - 1])
-            feats.append("w-1|w=" + words[i - 1].lower()[:16] + "|" + word.lower()[:16])
+            feats.extend(left[i - 1])
+            feats.append("w-1|w=" + lowered[i - 1] + "|" + lowered[i])
             if i > 1:
                 feats.extend(_neighbour(words[i - 2], "-2:"))
         else:
             feats.append("BOS")
         if i + 1 < n:
-            feats.extend(_neighbour(words[i + 1], "+1:"))
-            feats.append("+1:" + cases[i + 1])
-            feats.extend("+1:" + f for f in pattern_feats[i + 1])
-            feats.extend("+1:gz=" + kind for kind in listed[i + 1])
+            feats.extend(right[i + 1])
             if i + 2 < n:
                 feats.extend(_neighbour(words[i + 2], "+2:"))
         else:
