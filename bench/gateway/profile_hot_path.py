@@ -39,6 +39,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = REPO.parent / "shared" / "bench"
 KEY = "sk-profile-1234567890"
@@ -176,6 +178,8 @@ def run_variant(src: Path, args: argparse.Namespace, upstream: int, spy: Path | 
         }
         if args.backend == "pg":
             env["REDIS_URL"] = args.redis_url
+        if args.callgrind and (policy := patient_guard_policy(src, work)) is not None:
+            env["AIG_GUARDS_POLICY_FILE"] = str(policy)
         cli = [sys.executable, "-m", "aiguardian"]
         unlimited = ["--rate-limit", "100000000/minute"]
         for command in (
@@ -226,6 +230,26 @@ def run_variant(src: Path, args: argparse.Namespace, upstream: int, spy: Path | 
             log.close()
             shutil.rmtree(work, ignore_errors=True)
     return sample
+
+
+def patient_guard_policy(src: Path, into: Path) -> Path | None:
+    """The tree's shipped guard policy with every guard's timeout raised: under callgrind everything runs
+    some fifty times slower, and a guard past its timeout fails closed (the request is refused)."""
+    shipped = src / "aiguardian" / "guards" / "policies" / "default.yaml"
+    if not shipped.exists():
+        return None
+    policy_file = yaml.safe_load(shipped.read_text())
+    for policy in policy_file.get("policies", {}).values():
+        for direction in ("input", "output", "stream"):
+            entries = policy.get(direction)
+            if isinstance(entries, list):
+                policy[direction] = [
+                    {**({"guard": entry} if isinstance(entry, str) else entry), "timeout_ms": 600_000}
+                    for entry in entries
+                ]
+    path = into / "guards.yaml"
+    path.write_text(yaml.safe_dump(policy_file))
+    return path
 
 
 def instructions_per_request(pid: int, port: int, work: Path, count: int) -> float:
