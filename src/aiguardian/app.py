@@ -91,7 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await cache.start()
         bus = build_bus(settings.redis_url, settings.cache_namespace)
         await bus.start()
-        limiter = RateLimiter(settings.redis_url, settings.cache_namespace, settings.redis_retry_seconds)
+        limiter = RateLimiter(
+            settings.redis_url,
+            settings.cache_namespace,
+            settings.redis_retry_seconds,
+            timeout=settings.redis_timeout_seconds,
+        )
         identity = Identity(settings, secrets.secret_key, db, cache.memory, bus)
         await ensure_first_admin(identity)
         hub = app.state.hub = start_hub(settings, bus, identity)
@@ -157,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await stop_hub(hub)
             await events.drain(bus)
             await bus.close()
+            await limiter.close()
             await cache.close()
             await db.close()
             app.state.audit_writer = None
