@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from aiguardian.core import events
 from aiguardian.core.bus import EventBus, MemoryBus, RedisBus
 from tests.conftest import REDIS_URL
 
@@ -82,6 +83,34 @@ async def test_topics_are_separate_and_order_is_kept(pair: tuple[EventBus, Event
     await inbox.wait_for(50)
     assert [payload["n"] for _, payload in inbox.got] == list(range(50))
     assert {topic for topic, _ in inbox.got} == {"a"}
+
+
+async def test_publish_many_keeps_order_across_topics(pair: tuple[EventBus, EventBus]) -> None:
+    publisher, subscriber = pair
+    inbox = Inbox()
+    subscriber.on("a", inbox)
+    subscriber.on("b", inbox)
+    await publisher.publish_many([(("a", "b")[n % 2], {"n": n}) for n in range(40)])
+    await inbox.wait_for(40)
+    assert [payload["n"] for _, payload in inbox.got] == list(range(40))
+    assert [topic for topic, _ in inbox.got] == [("a", "b")[n % 2] for n in range(40)]
+
+
+async def test_emitted_events_arrive_once_in_order(pair: tuple[EventBus, EventBus]) -> None:
+    publisher, subscriber = pair
+    inbox = Inbox()
+    subscriber.on(events.UsageUpdated.name, inbox)
+    for n in range(300):  # queued faster than published: the outbox sends them in batches
+        events.emit(
+            publisher,
+            events.UsageUpdated(
+                user_id=f"u{n}", trace_id="t", model="m", prompt_tokens=1, completion_tokens=1, cost_usd="0"
+            ),
+        )
+    await inbox.wait_for(300)
+    await events.drain(publisher)
+    await asyncio.sleep(0.1)
+    assert [payload["user_id"] for _, payload in inbox.got] == [f"u{n}" for n in range(300)]
 
 
 async def test_a_failing_handler_does_not_stop_the_others(pair: tuple[EventBus, EventBus]) -> None:

@@ -30,6 +30,7 @@ class EventBus(Protocol):
 
     def on(self, topic: str, handler: Handler) -> None: ...
     async def publish(self, topic: str, payload: dict[str, Any]) -> None: ...
+    async def publish_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None: ...
     async def start(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -56,6 +57,10 @@ class MemoryBus(_Dispatcher):
 
     async def publish(self, topic: str, payload: dict[str, Any]) -> None:
         await self.dispatch(topic, payload)
+
+    async def publish_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        for topic, payload in messages:
+            await self.dispatch(topic, payload)
 
     async def start(self) -> None:
         return None
@@ -90,6 +95,17 @@ class RedisBus(_Dispatcher):
             await self._redis.publish(self._prefix + topic, message)
         except Exception as exc:
             log.warning("event not published to redis", topic=topic, error=type(exc).__name__)
+
+    async def publish_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        """Publish in order, in one round trip to Redis."""
+        pipe = self._redis.pipeline(transaction=False)
+        for topic, payload in messages:
+            await self.dispatch(topic, payload)
+            pipe.publish(self._prefix + topic, orjson.dumps({"origin": self._origin, "payload": payload}))
+        try:
+            await pipe.execute()
+        except Exception as exc:
+            log.warning("events not published to redis", count=len(messages), error=type(exc).__name__)
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._listen(), name="redis-bus")
