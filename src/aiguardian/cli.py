@@ -1,24 +1,25 @@
-"""The ``aiguardian`` command."""
+"""The ``aiguardian`` command.
+
+Start-up matters (``aiguardian guards score`` is run once per scored file): a command imports what it needs
+inside its own body, so the module itself imports only typer, and neither the settings, the app, the
+database layer nor rich.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from aiguardian import __version__
 from aiguardian.core.errors import AIGError
 from aiguardian.guards.cli import guards_app
-from aiguardian.settings import CONFIG_FILE_ENV, Settings, SettingsError, load_settings
 
 app = typer.Typer(
     name="aiguardian",
@@ -32,12 +33,22 @@ admin_app = typer.Typer(help="Manage accounts and API keys from the command line
 app.add_typer(admin_app, name="admin")
 app.add_typer(guards_app, name="guards")
 
-# soft_wrap: a message is one line even when stderr is not a terminal (rich would wrap it at 80 columns).
-console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from aiguardian.identity.service import Identity
+    from aiguardian.settings import Settings
+
+
+@cache
+def _console() -> Console:
+    from rich.console import Console
+
+    # soft_wrap: a message is one line even when stderr is not a terminal (rich would wrap it at 80 columns).
+    return Console(stderr=True, soft_wrap=True)
+
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML settings file (also AIG_CONFIG_FILE).")
@@ -45,27 +56,33 @@ ConfigOption = Annotated[
 
 
 def _settings(config: Path | None = None) -> Settings:
+    from aiguardian.settings import CONFIG_FILE_ENV, SettingsError, load_settings
+
     if config is not None:
         os.environ[CONFIG_FILE_ENV] = str(config)  # server workers read the same file
     try:
         return load_settings()
     except SettingsError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        _console().print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
 
 
 def _run(factory: Callable[[], Awaitable[T]]) -> T:
+    import asyncio
+
     return asyncio.run(factory())  # type: ignore[arg-type]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    _console().print(f"[red]error:[/red] {message}", highlight=False)
     return typer.Exit(code)
 
 
 @app.command()
 def version() -> None:
     """Print the version."""
+    from aiguardian import __version__
+
     typer.echo(__version__)
 
 
@@ -168,13 +185,17 @@ def migrate(config: ConfigOption = None) -> None:
         revision = _run(apply)
     except Exception as exc:
         raise _fail(f"migration failed ({_describe_db(settings)}): {type(exc).__name__}: {exc}") from None
-    console.print(f"database at revision {revision} ({_describe_db(settings)})", highlight=False)
+    _console().print(f"database at revision {revision} ({_describe_db(settings)})", highlight=False)
 
 
 @app.command()
 def doctor(config: ConfigOption = None) -> None:
     """Check settings, database, migrations and Redis; print what is fine and how to fix what is not."""
+    from rich.console import Console
+    from rich.table import Table
+
     from aiguardian.ops.doctor import run_checks
+    from aiguardian.settings import SettingsError, load_settings
 
     try:
         settings = load_settings(config)
@@ -230,16 +251,16 @@ def audit_verify(config: ConfigOption = None) -> None:
             await db.close()
 
     started = time.perf_counter()
-    with console.status("verifying the audit chain"):
+    with _console().status("verifying the audit chain"):
         result = _run(check)
     from aiguardian.audit.schemas import VerifyResult
 
     assert isinstance(result, VerifyResult)
     elapsed = time.perf_counter() - started
     if result.ok:
-        console.print(f"[green]audit chain intact[/green]: {result.checked} rows in {elapsed:.2f}s")
+        _console().print(f"[green]audit chain intact[/green]: {result.checked} rows in {elapsed:.2f}s")
         return
-    console.print(
+    _console().print(
         f"[red]audit chain broken[/red] at row {result.first_bad_id}: {result.problem} "
         f"({result.checked} rows verified before it)",
         highlight=False,
@@ -311,7 +332,7 @@ def admin_create_user(
         user_id = _run(create)
     except AIGError as exc:
         raise _fail(exc.message) from None
-    console.print(f"created {role} {email.strip().lower()} (id {user_id})", highlight=False)
+    _console().print(f"created {role} {email.strip().lower()} (id {user_id})", highlight=False)
     if generated:
         typer.echo(f"password: {secret}")
 
@@ -342,7 +363,7 @@ def admin_reset_password(
         raise _fail(exc.message) from None
     if not found:
         raise _fail(f"no account with email {email}")
-    console.print(f"password reset for {email}; its sessions are signed out", highlight=False)
+    _console().print(f"password reset for {email}; its sessions are signed out", highlight=False)
     if generated:
         typer.echo(f"password: {secret}")
 
@@ -388,7 +409,7 @@ def admin_create_key(
         raise _fail(exc.message) from None
     if made is None:
         raise _fail(f"no account with email {email}")
-    console.print(f"API key for {email} (scopes {','.join(wanted)}); shown once:", highlight=False)
+    _console().print(f"API key for {email} (scopes {','.join(wanted)}); shown once:", highlight=False)
     typer.echo(made)
 
 

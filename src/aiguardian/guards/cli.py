@@ -1,24 +1,35 @@
-"""``aiguardian guards train|score|eval``: build the shipped models and score them on JSON lines."""
+"""``aiguardian guards train|score|eval``: build the shipped models and score them on JSON lines.
+
+``score`` is timed from the outside, start-up included (``shared/eval/evaluate.py``): it imports the task's
+module and orjson, nothing else (rich only for an error message).
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from functools import cache
 from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
 
-from aiguardian.guards.evaluation import binary_scores, span_scores
 from aiguardian.guards.tasks import MODELS_DIR, SPAN_TASKS, TASKS, task_module
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 guards_app = typer.Typer(help="Train, score and evaluate the guards' models.", no_args_is_help=True)
-console = Console(stderr=True, soft_wrap=True)
+
+
+@cache
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
 
 DEFAULT_DATA = Path("../shared/eval")
 BATCH = 256
@@ -28,7 +39,9 @@ TaskArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(TASKS)}.")]
 
 def _check_task(task: str) -> None:
     if task not in TASKS:
-        console.print(f"[red]error:[/red] unknown task {task!r}; one of {', '.join(TASKS)}", highlight=False)
+        _console().print(
+            f"[red]error:[/red] unknown task {task!r}; one of {', '.join(TASKS)}", highlight=False
+        )
         raise typer.Exit(2)
 
 
@@ -55,7 +68,14 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="A JSONL file in the format of shared/eval.")],
 ) -> None:
     """Print precision, recall, F1, false-positive rate and throughput of a task's model on a labelled set."""
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from aiguardian.guards.evaluation import binary_scores, span_scores
+
     _check_task(task)
+    console = _console()
     gold = [orjson.loads(line) for line in data.read_bytes().splitlines() if line.strip()]
     scorer = task_module(task).scorer()
     predicted: list[dict[str, Any]] = []
@@ -96,4 +116,4 @@ def train(
     for task in chosen:
         started = time.perf_counter()
         summary = task_module(task).train(data_dir, out, seed)
-        console.print(f"{task}: {summary} ({time.perf_counter() - started:.1f} s)", highlight=False)
+        _console().print(f"{task}: {summary} ({time.perf_counter() - started:.1f} s)", highlight=False)
