@@ -162,3 +162,16 @@ def test_segments_are_lines_and_sentences_of_long_lines() -> None:
     assert all(p.strip() for p in pieces)
     assert len(pieces) > 3
     assert all(len(p) <= 100 for p in pieces[2:])
+
+
+def test_documents_hashed_together_get_the_rows_each_gets_alone() -> None:
+    featurizer = HashingFeaturizer(char_ngrams=(3, 5), word_ngrams=(1, 2), bits=16)
+    documents = [["first line here", "second line"], ["alone"], [], ["x", "", "日本語 words"], TEXTS] * 20
+    together = featurizer.transform_documents(documents)
+    assert len(together) == len(documents)
+    for segments_, (per_segment, whole) in zip(documents, together, strict=True):
+        alone_segment, alone_whole = featurizer.transform_segments(segments_)
+        for got, want in ((per_segment, alone_segment), (whole, alone_whole)):
+            assert np.array_equal(got.indptr, want.indptr)
+            assert np.array_equal(got.indices, want.indices)  # the same order: a float32 sum depends on it
+            assert np.array_equal(got.data, want.data)

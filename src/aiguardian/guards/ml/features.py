@@ -259,16 +259,43 @@ class HashingFeaturizer:
         vector ``transform(segments, rows=[0] * len(segments))`` gives.
         """
         buckets, owner = self.hashes(segments)
-        keys = np.sort((owner << np.int64(self.bits)) | buckets)
+        return self._document(np.sort((owner << np.int64(self.bits)) | buckets), 0, len(segments))
+
+    def transform_documents(self, documents: Sequence[Sequence[str]]) -> list[tuple[SparseRows, SparseRows]]:
+        """``[transform_segments(segments) for segments in documents]``, with one hashing pass for all of them
+        (the per-call cost of numpy, not the arithmetic, is most of the time of one short document)."""
+        out: list[tuple[SparseRows, SparseRows]] = []
+        for first in range(0, len(documents), _DOCUMENTS_PER_PASS):
+            chunk = documents[first : first + _DOCUMENTS_PER_PASS]
+            sizes = np.fromiter(map(len, chunk), dtype=np.int64, count=len(chunk))
+            buckets, owner = self.hashes([piece for document in chunk for piece in document])
+            keys = (owner << np.int64(self.bits)) | buckets
+            # Group the n-grams by document (a radix sort on 16-bit document numbers), then sort each group.
+            doc = np.repeat(np.arange(len(chunk), dtype=np.uint16), sizes)[owner]
+            keys = keys[np.argsort(doc, kind="stable")]
+            ends = np.cumsum(np.bincount(doc, minlength=len(chunk)))
+            starts = np.cumsum(sizes) - sizes
+            begin = 0
+            for i, end in enumerate(ends.tolist()):
+                out.append(self._document(np.sort(keys[begin:end]), int(starts[i]), int(sizes[i])))
+                begin = end
+        return out
+
+    def _document(self, keys: Ints, first: int, segments: int) -> tuple[SparseRows, SparseRows]:
+        """The rows of one document from its sorted ``(segment << bits) | bucket`` keys; its segments are
+        numbered from ``first``."""
         if len(keys):
             keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
         row = keys >> np.int64(self.bits)
+        if first:
+            row -= first
         unique = keys & np.int64(self.width - 1)
-        counts = np.bincount(row, minlength=len(segments))
-        indptr = np.zeros(len(segments) + 1, dtype=np.int64)
+        counts = np.bincount(row, minlength=segments)
+        indptr = np.zeros(segments + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
         values = np.repeat((1.0 / np.sqrt(np.maximum(counts, 1))).astype(np.float32), counts)
-        union = unique[_first_of_each(unique, self.width)]
+        # One segment: its n-grams are already distinct and in the order the union would give them.
+        union = unique if segments == 1 else unique[_first_of_each(unique, self.width)]
         whole = SparseRows(
             np.array([0, len(union)], dtype=np.int64),
             union,
@@ -283,6 +310,9 @@ class HashingFeaturizer:
 
 
 _SCRATCH = threading.local()
+# Documents hashed in one pass: enough to share numpy's per-call cost, few enough that the arrays stay in the
+# CPU's cache (measured on the injection dev set: 32 is about a third faster than one by one, 4,096 slower).
+_DOCUMENTS_PER_PASS = 32
 
 
 def _first_of_each(buckets: Ints, width: int) -> Ints:

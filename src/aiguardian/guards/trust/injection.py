@@ -30,6 +30,7 @@ import numpy.typing as npt
 from aiguardian.guards.base import Action, Finding, GuardContext, Verdict
 from aiguardian.guards.ml import LinearModel, read_labelled, segments, sigmoid, train_file
 from aiguardian.guards.ml.features import HashingFeaturizer, SparseRows, normalise
+from aiguardian.guards.ml.prefixed import PrefixedPattern
 from aiguardian.guards.tasks import MODELS_DIR, Scorer
 
 TASK = "injection"
@@ -45,19 +46,21 @@ _F = re.IGNORECASE
 def _signal(
     name: str, anchors: str, pattern: str, literals: tuple[str, ...] = (), flags: int = _F
 ) -> _Signal:
-    return _Signal(name, frozenset(anchors.split()), literals, re.compile(pattern, flags))
+    compiled = re.compile(pattern, flags)
+    return _Signal(name, frozenset(anchors.split()), literals, compiled, PrefixedPattern(compiled))
 
 
 @dataclass(frozen=True)
 class _Signal:
     """A counted pattern. It runs only when one of the ``anchors`` words (or ``literals`` substrings) occurs in
     the lower-cased text: every match contains one, most texts contain none, and a set lookup is far cheaper
-    than a pattern."""
+    than a pattern. Where it runs, it is tried only where a match can begin (``prefixed``)."""
 
     name: str
     anchors: frozenset[str]
     literals: tuple[str, ...]
     pattern: re.Pattern[str]
+    prefixed: PrefixedPattern
 
 
 _SIGNALS: tuple[_Signal, ...] = (
@@ -157,6 +160,7 @@ _HEADER = re.compile(
     r"^(subject|from|to|date|email_from|received date|content)\s*:", re.IGNORECASE | re.MULTILINE
 )
 _CODE = re.compile(r"(```|^\s*(def |class |import |from \S+ import|traceback|File \"))", re.MULTILINE)
+_HEADER_AT, _CODE_AT = PrefixedPattern(_HEADER), PrefixedPattern(_CODE)
 
 _WORDS = re.compile(r"[a-z']+")
 SIGNAL_NAMES: tuple[str, ...] = (
@@ -186,7 +190,7 @@ def signals(text: str, spans: Sequence[tuple[int, int]] = ()) -> tuple[list[floa
     for column, signal in enumerate(_SIGNALS):
         if signal.anchors.isdisjoint(words) and not any(lit in lower for lit in signal.literals):
             continue
-        for match in signal.pattern.finditer(head):
+        for match in signal.prefixed.finditer(head, lower):
             whole[column] += 1
             if spans:
                 per[max(bisect.bisect_right(starts, match.start()) - 1, 0), column] += 1
@@ -196,7 +200,7 @@ def signals(text: str, spans: Sequence[tuple[int, int]] = ()) -> tuple[list[floa
     whole[:k] /= 3
     per[:, :k] /= 3
     rows = _TABLE_ROW.findall(head) if "|" in head else []
-    document = len(rows) >= 3 or bool(_HEADER.search(head)) or bool(_CODE.search(head))
+    document = len(rows) >= 3 or bool(_HEADER_AT.search(head, lower)) or bool(_CODE_AT.search(head, lower))
     whole[k] = per[:, k] = 1.0 if document else 0.0
     whole[k + 1] = 1.0 if rows else 0.0
     for i, (start, end) in enumerate(spans):
@@ -227,8 +231,23 @@ class InjectionModel:
     def analyse(self, text: str) -> tuple[float, int, tuple[int, int] | None]:
         """``(score, index of the top segment, its span)`` of one text."""
         spans = segments(text) or [(0, len(text))]
-        pieces = [text[s:e] for s, e in spans]
-        per_segment, whole = self.text.featurizer.transform_segments(pieces)
+        per_segment, whole = self.text.featurizer.transform_segments([text[s:e] for s, e in spans])
+        return self._judge(text, spans, per_segment, whole)
+
+    def analyse_many(self, texts: Sequence[str]) -> list[tuple[float, int, tuple[int, int] | None]]:
+        """``[analyse(text) for text in texts]``, the n-grams of all of them hashed in one pass."""
+        cut = [segments(text) or [(0, len(text))] for text in texts]
+        rows = self.text.featurizer.transform_documents(
+            [[text[s:e] for s, e in spans] for text, spans in zip(texts, cut, strict=True)]
+        )
+        return [
+            self._judge(text, spans, per_segment, whole)
+            for text, spans, (per_segment, whole) in zip(texts, cut, rows, strict=True)
+        ]
+
+    def _judge(
+        self, text: str, spans: list[tuple[int, int]], per_segment: SparseRows, whole: SparseRows
+    ) -> tuple[float, int, tuple[int, int] | None]:
         text_signals, seg_signals = signals(text, spans)
         margin = self.text.margins(whole, [text_signals])[0]
         a, b, c, d = self.combiner
@@ -265,11 +284,9 @@ def scorer(models_dir: Path = MODELS_DIR) -> Scorer:
     model = load(models_dir)
 
     def score(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = []
-        for record in records:
-            value = model.analyse(str(record.get("text", "")))[0]
-            out.append({"score": round(value, 6), "label": int(value >= model.threshold)})
-        return out
+        found = model.analyse_many([str(record.get("text", "")) for record in records])
+        threshold = model.threshold
+        return [{"score": round(value, 6), "label": int(value >= threshold)} for value, _, _ in found]
 
     return score
 
