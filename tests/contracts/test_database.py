@@ -52,6 +52,26 @@ async def test_migrations_reach_head_and_are_idempotent(db: Database) -> None:
     assert await migrate.is_up_to_date(db)
 
 
+def test_head_revision_is_alembics() -> None:
+    """The head read from the version files (no Alembic import on a worker's start) is Alembic's own."""
+    from alembic.script import ScriptDirectory
+
+    assert migrate.head_revision() == ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
+
+
+async def test_a_new_database_has_no_revision_until_migrated(settings: Settings) -> None:
+    database = Database(settings)
+    try:
+        if not database.is_sqlite:
+            pytest.skip("the shared PostgreSQL test database is migrated by other tests")
+        assert await migrate.current_revision(database) is None
+        assert not await migrate.is_up_to_date(database)
+        await migrate.upgrade(database)
+        assert await migrate.current_revision(database) == migrate.head_revision()
+    finally:
+        await database.close()
+
+
 async def test_models_match_migrations(db: Database) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext

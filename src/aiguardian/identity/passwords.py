@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -10,8 +11,13 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from aiguardian.core.errors import ValidationFailed
 
 _hasher = PasswordHasher()
-# Verifying against this keeps a login for an unknown account as slow as one for a known account.
-_DUMMY_HASH = _hasher.hash("aiguardian-timing-equaliser")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verifying against this keeps a login for an unknown account as slow as one for a known account.
+    Made on first use, not at import: hashing takes a tenth of a second and 64 MiB, in every process."""
+    return _hasher.hash("aiguardian-timing-equaliser")
 
 
 async def hash_password(password: str) -> str:
@@ -21,7 +27,7 @@ async def hash_password(password: str) -> str:
 async def verify_password(password_hash: str | None, password: str) -> bool:
     def check() -> bool:
         try:
-            return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+            return _hasher.verify(password_hash or _dummy_hash(), password) and password_hash is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
