@@ -17,6 +17,7 @@ from aiguardian.core.http import audit
 from aiguardian.gateway.cache import CachedAnswer, CachePlan, replay
 from aiguardian.gateway.completions import admit as _admit
 from aiguardian.gateway.completions import answer_text as _answer_text
+from aiguardian.gateway.completions import streamed_text as _streamed_text
 from aiguardian.gateway.deployments import DEMO_MODEL
 from aiguardian.gateway.schemas import ChatCompletionRequest, EmbeddingsRequest, ModelCard, ModelList
 from aiguardian.gateway.service import Gateway, Outcome, StreamUsage
@@ -72,23 +73,6 @@ class SettlingStreamingResponse(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self.on_close()
-
-
-def _streamed_text(chunks: list[bytes]) -> str:
-    """The answer's text from the SSE chunks relayed, to count its tokens when no usage came."""
-    parts: list[str] = []
-    for event in b"".join(chunks).split(b"\n\n"):
-        if not event.startswith(b"data: {"):
-            continue
-        try:
-            parsed = orjson.loads(event[6:])
-        except orjson.JSONDecodeError:
-            continue
-        for choice in parsed.get("choices") or []:
-            content = (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
-            if isinstance(content, str):
-                parts.append(content)
-    return "".join(parts)
 
 
 def _usage_headers(call: Call) -> dict[str, str]:
