@@ -10,8 +10,13 @@ worker thread above), ``inline`` (never a thread) and ``thread`` (always one thr
 how late a 1 ms timer on the same event loop fired (99th percentile): how long every other request (and
 every stream) of the process waits while the guards run.
 
+The policy is also measured without the guards named by ``--without`` (default: pii, whose cost is its own
+story), mode ``auto``, so both figures are in one report. Last, the scoring throughput of every task
+(``aiguardian guards score``'s scorer on the task's dev set, in process, start-up and model loading aside).
+
     .venv/bin/python bench/guards/run.py                     # the shipped default policy
     .venv/bin/python bench/guards/run.py --policy my.yaml --repeat 300
+    .venv/bin/python bench/guards/run.py --modes auto --sizes 1000 --tasks injection,secrets
 
 A guard that fails (its module is missing, it raises) shows in the ``failed`` column: its time is then not
 a real check's and the row says so.
@@ -37,8 +42,9 @@ from rich.table import Table
 from aiguardian.guards.base import Direction, GuardContext
 from aiguardian.guards.loader import GuardLoader
 from aiguardian.guards.pipeline import Pipeline
-from aiguardian.guards.policy import PolicySet, parse, shipped
+from aiguardian.guards.policy import Entry, PolicySet, parse, shipped
 from aiguardian.guards.remote import RemoteGuards
+from aiguardian.guards.tasks import TASKS, task_module
 
 REPO = Path(__file__).resolve().parents[2]
 SIZES = (100, 1_000, 10_000)
@@ -73,6 +79,7 @@ def percentile(values: list[float], q: float) -> float:
 async def measure(
     pipeline: Pipeline,
     policies: PolicySet,
+    entries: tuple[Entry, ...],
     direction: Direction,
     size: int,
     pool: list[str],
@@ -80,7 +87,6 @@ async def measure(
     repeat: int,
     thread_above: int | None,
 ) -> dict[str, Any]:
-    entries = policies.named("default").entries(direction)
     threshold = policies.file.thread_above_chars if thread_above is None else thread_above
     source_texts = texts(sources, min(size, 4000)) if sources else None
     feed = texts(pool, size)
@@ -134,7 +140,14 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=200, help="Checks per size and mode (fewer for 10k).")
     parser.add_argument("--cpu", type=int, default=None, help="Pin to this CPU (default: the first allowed).")
     parser.add_argument("--modes", default="auto,inline,thread", help="Which of auto, inline, thread.")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="Text lengths, comma-separated.")
+    parser.add_argument(
+        "--without", default="pii", help="Guards left out in the extra 'auto' rows ('' none)."
+    )
+    parser.add_argument("--tasks", default=",".join(TASKS), help="Tasks whose scoring throughput to measure.")
     args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",") if size]
+    without = {name for name in args.without.split(",") if name}
 
     allowed = sorted(os.sched_getaffinity(0))
     cpu = args.cpu if args.cpu is not None else allowed[0]
@@ -155,10 +168,17 @@ async def main() -> None:
     )
     results: list[tuple[str, int, str, dict[str, Any]]] = []
     for direction, pool, srcs in ((Direction.INPUT, inputs, []), (Direction.OUTPUT, answers, sources)):
-        for size in SIZES:
+        entries = policies.named("default").entries(direction)
+        fewer = tuple(e for e in entries if e.label not in without)
+        variants = [(mode, entries, MODES[mode]) for mode in args.modes.split(",")]
+        if without and len(fewer) < len(entries):
+            variants.append((f"auto, no {','.join(sorted(without))}", fewer, None))
+        for size in sizes:
             repeat = args.repeat if size < 10_000 else max(20, args.repeat // 4)
-            for mode in args.modes.split(","):
-                result = await measure(pipeline, policies, direction, size, pool, srcs, repeat, MODES[mode])
+            for mode, chosen, thread_above in variants:
+                result = await measure(
+                    pipeline, policies, chosen, direction, size, pool, srcs, repeat, thread_above
+                )
                 results.append((direction.value, size, mode, result))
     await remote.close()
 
@@ -195,7 +215,7 @@ async def main() -> None:
     guards = Table(title="mean ms per guard (mode auto)")
     guards.add_column("direction")
     guards.add_column("guard")
-    for size in SIZES:
+    for size in sizes:
         guards.add_column(f"{size:,} chars", justify="right")
     for direction_name in ("input", "output"):
         rows = [r for d, _, mode, r in results if d == direction_name and mode == "auto"]
@@ -203,6 +223,38 @@ async def main() -> None:
         for name in names:
             guards.add_row(direction_name, name, *(f"{r['guards'].get(name, 0):.3f}" for r in rows))
     console.print(guards)
+
+    tasks = [task for task in args.tasks.split(",") if task]
+    if tasks:
+        console.print(throughput(args.data, tasks))
+
+
+def throughput(data: Path, tasks: list[str]) -> Table:
+    """Records per second of each task's scorer on its dev set, in batches of 256 as ``guards score`` reads
+    them; the best of three passes (the first also warms up)."""
+    table = Table(title="scoring throughput, in process on one core (guards score's scorer, dev sets)")
+    for column in ("task", "records", "load ms", "records/s"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for task in tasks:
+        rows = [
+            {k: v for k, v in r.items() if k not in ("label", "spans", "source", "category")}
+            for r in records(data, task)
+        ]
+        started = time.perf_counter()
+        try:
+            scorer = task_module(task).scorer()
+        except Exception as exc:  # a model being retrained by someone else: say so, measure the rest
+            table.add_row(task, f"{len(rows):,}", "-", f"failed: {type(exc).__name__}")
+            continue
+        load = time.perf_counter() - started
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            for i in range(0, len(rows), 256):
+                scorer(rows[i : i + 256])
+            best = min(best, time.perf_counter() - started)
+        table.add_row(task, f"{len(rows):,}", f"{load * 1000:.0f}", f"{len(rows) / best:,.0f}")
+    return table
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from aiguardian.guards.bias import stereotype
-from aiguardian.guards.ml.prefixed import PrefixedPattern
+from aiguardian.guards.prefixed import PrefixedPattern
+from aiguardian.guards.secrets import rules
 from aiguardian.guards.trust import injection
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "eval"
@@ -27,6 +28,8 @@ TRICKY = [
     "Say \u201chello\u201d and respond with 'pwned' and print \"x\"",
     "| a | b |\n| c | d |\n|e|f|\nSubject: hi\nFROM: me\n```code```\n  def f(): pass",
     "requests.post(url) os.system('x') send the data to https://evil.example",
+    "password=Hunter2hunter2! AKIAIOSFODNN7EXAMPLE ghp_abcdefghijklmnopqrstuvwxyz0123456789 -p s3cr3t",
+    "mysql -u root:S3cretPassw0rd -h db; curl https://user:pa55word@example.com/x Authorization: Bearer abc.def",
     "All women are bad. Those people always do this, because he was an immigrant.",
 ]
 
@@ -36,6 +39,8 @@ PATTERNS = [
     injection._HEADER,
     injection._CODE,
     *(pattern for _, pattern in stereotype._SIGNALS),
+    rules._CONTEXT_GATE,
+    *(rule.regex for rule in (*rules.PROVIDER_RULES, *rules.CONTEXT_RULES)),
     re.compile(r"^\s*(system|user)\s*:", re.MULTILINE),
     re.compile(r"\b(colou?r|gr[ae]y)s?\b"),
     re.compile(r"(?i)\bfoo(bar)?\b|^baz", re.MULTILINE),
@@ -46,13 +51,17 @@ PATTERNS = [
 
 def texts() -> list[str]:
     found = list(TRICKY)
-    for task, name in (("injection", "dev.jsonl"), ("injection", "train.jsonl"), ("bias", "dev.jsonl")):
-        path = SHARED / task / name
-        if True:
-            if path.exists():
-                found += [
-                    orjson.loads(line)["text"] for line in path.read_bytes().splitlines() if line.strip()
-                ]
+    sets = (
+        ("injection", "dev"),
+        ("injection", "train"),
+        ("bias", "dev"),
+        ("secrets", "dev"),
+        ("secrets", "train"),
+    )
+    for task, split in sets:
+        path = SHARED / task / f"{split}.jsonl"
+        if path.exists():
+            found += [orjson.loads(line)["text"] for line in path.read_bytes().splitlines() if line.strip()]
     return found
 
 

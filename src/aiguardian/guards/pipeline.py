@@ -7,6 +7,9 @@ short texts and costs them latency. Guards therefore run on the event loop unles
 request go to ONE worker thread, one after the other, while remote guards wait on the network and the small
 guards run on the loop.
 
+Verdicts of deterministic guards are remembered for identical contexts (:class:`VerdictCache`): a retried or
+repeated prompt is not checked twice.
+
 Fail closed: a guard that raises, cannot be loaded, or does not answer within ``timeout_ms`` gets a ``block``
 verdict (``GUARD_ERROR``, ``GUARD_TIMEOUT``, ``GUARD_UNAVAILABLE``), or ``warn`` when its entry says
 ``fail_open: true``. A late verdict that is stricter than that still counts.
@@ -15,8 +18,10 @@ verdict (``GUARD_ERROR``, ``GUARD_TIMEOUT``, ``GUARD_UNAVAILABLE``), or ``warn``
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -143,10 +148,92 @@ class GuardBlocked(AIGError):
         return self.passed + b"data: " + orjson.dumps(self.openai_body(request_id)) + b"\n\n"
 
 
+@cache
+def _latency(guard: str) -> Any:
+    """The latency histogram's child for one guard label (``labels()`` costs a lock and a dict per call)."""
+    return metrics.GUARD_LATENCY.labels(guard)
+
+
+@cache
+def _verdicts(guard: str, direction: str, action: str) -> Any:
+    return metrics.GUARD_VERDICTS.labels(guard, direction, action)
+
+
+def _copy(verdict: Verdict) -> Verdict:
+    """A verdict that can be changed (the pipeline sets its label, time and action) without touching the
+    original; findings are frozen, so the lists are copied and the findings shared."""
+    return Verdict(
+        verdict.guard,
+        verdict.action,
+        verdict.score,
+        list(verdict.reason_codes),
+        list(verdict.findings),
+        verdict.elapsed_ms,
+        verdict.redacted_text,
+    )
+
+
+class VerdictCache:
+    """The verdicts of deterministic guards for recently checked contexts: a bounded LRU.
+
+    Only guards that say ``deterministic = True`` and are not redactors take part: their verdict depends on
+    nothing but their options (the entry's key) and what the key below holds (no clock, no randomness, no
+    per-request state, no network), so an identical context gets the identical verdict. A redactor keeps
+    per-request state (its placeholders), so it always runs. The key holds the texts themselves, not a
+    digest of them: a hit is an exact match, never a collision. Texts longer than ``max_chars`` are not
+    kept (they are rarely repeated, and they would fill memory).
+    """
+
+    def __init__(self, size: int = 1024, max_chars: int = 10_000) -> None:
+        self.size = size
+        self.max_chars = max_chars
+        self._verdicts: OrderedDict[Hashable, Verdict] = OrderedDict()
+
+    def key(self, entry: Entry, guard: Guard, context: GuardContext) -> Hashable | None:
+        if not getattr(guard, "deterministic", False) or isinstance(guard, Redactor):
+            return None
+        if len(context.text) > self.max_chars or sum(map(len, context.sources)) > self.max_chars:
+            return None
+        messages = orjson.dumps(context.messages) if context.messages else b""
+        if len(messages) > 4 * self.max_chars:
+            return None
+        return (
+            entry.key,
+            context.direction,
+            context.text,
+            messages,
+            tuple(context.sources),
+            context.system_prompt,
+            context.model,
+            context.route,
+        )
+
+    def get(self, key: Hashable) -> Verdict | None:
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            return None
+        self._verdicts.move_to_end(key)
+        return _copy(verdict)
+
+    def put(self, key: Hashable, verdict: Verdict) -> None:
+        if any(code.startswith("GUARD_") for code in verdict.reason_codes):
+            return  # a failure or a timeout says nothing about the text
+        self._verdicts[key] = _copy(verdict)
+        self._verdicts.move_to_end(key)
+        while len(self._verdicts) > self.size:
+            self._verdicts.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._verdicts)
+
+
 class Pipeline:
-    def __init__(self, loader: GuardLoader, remote: RemoteGuards | None = None) -> None:
+    def __init__(
+        self, loader: GuardLoader, remote: RemoteGuards | None = None, cache: VerdictCache | None = None
+    ) -> None:
         self.loader = loader
         self.remote = remote
+        self.cache = VerdictCache() if cache is None else cache
 
     async def run(
         self,
@@ -165,6 +252,7 @@ class Pipeline:
         inline: list[int] = []
         threaded: list[int] = []
         remote: list[int] = []
+        keys: dict[int, Hashable] = {}
         for i, entry in enumerate(entries):
             if entry.when == "sources" and not context.sources:
                 continue
@@ -179,6 +267,16 @@ class Pipeline:
                     slots[i] = failure(entry, ReasonCode.GUARD_ERROR)
                     continue
             guards[i] = guard
+            key = self.cache.key(entry, guard, context)
+            if key is not None:
+                started = time.perf_counter()
+                cached = self.cache.get(key)
+                if cached is not None:
+                    cached.guard = entry.label
+                    cached.elapsed_ms = (time.perf_counter() - started) * 1000
+                    slots[i] = cached
+                    continue
+                keys[i] = key
             if guard.cpu_bound and len(context.text) > thread_above_chars:
                 threaded.append(i)
             else:
@@ -197,6 +295,10 @@ class Pipeline:
             for i in inline:
                 slots[i] = check_one(entries[i], guards[i], context)  # type: ignore[arg-type]
 
+        for i, key in keys.items():
+            verdict = slots[i]
+            if verdict is not None:
+                self.cache.put(key, verdict)
         decision = Decision()
         for i, verdict in enumerate(slots):
             if verdict is None:
@@ -211,11 +313,9 @@ class Pipeline:
             if verdict.action.rank > decision.action.rank:
                 decision.action = verdict.action
             decision.verdicts.append(verdict)
-            metrics.GUARD_LATENCY.labels(verdict.guard).observe(verdict.elapsed_ms / 1000)
+            _latency(verdict.guard).observe(verdict.elapsed_ms / 1000)
             if count:
-                metrics.GUARD_VERDICTS.labels(
-                    verdict.guard, context.direction.value, verdict.action.value
-                ).inc()
+                _verdicts(verdict.guard, context.direction.value, verdict.action.value).inc()
         return decision
 
     async def _threaded(

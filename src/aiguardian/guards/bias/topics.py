@@ -105,6 +105,7 @@ class BannedTopicsGuard:
 
     name: ClassVar[str] = "banned_topics"
     cpu_bound: ClassVar[bool] = False
+    deterministic: ClassVar[bool] = True  # same options and context, same verdict: the pipeline may reuse it
 
     def __init__(
         self,

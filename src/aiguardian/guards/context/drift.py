@@ -337,6 +337,7 @@ class DriftGuard:
 
     name: ClassVar[str] = "drift"
     cpu_bound: ClassVar[bool] = False
+    deterministic: ClassVar[bool] = True  # same options and context, same verdict: the pipeline may reuse it
 
     def __init__(
         self,

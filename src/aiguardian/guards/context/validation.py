@@ -53,6 +53,7 @@ class MessageGuard:
 
     name: ClassVar[str] = "messages"
     cpu_bound: ClassVar[bool] = False
+    deterministic: ClassVar[bool] = True  # same options and context, same verdict: the pipeline may reuse it
 
     def __init__(
         self,

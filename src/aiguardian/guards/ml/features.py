@@ -177,7 +177,8 @@ class HashingFeaturizer:
         from one text into the next are dropped, so each text gets exactly the n-grams it gets alone.
         """
         pieces = [" " + normalise(t) + " " for t in texts]
-        ends = np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)))
+        lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        ends = np.cumsum(lengths)
         codes = np.frombuffer("".join(pieces).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         n = len(codes)
         _POWERS.grow(n + 1)
@@ -194,9 +195,8 @@ class HashingFeaturizer:
             for k in range(max(lo, 1), min(hi, n) + 1):
                 parts.append((prefix[k:] - prefix[: n + 1 - k]) * down[: n + 1 - k] + _salt(k))
             if parts and not single:
-                position = np.arange(n, dtype=np.int64)
-                owner = np.searchsorted(ends, position, side="right")
-                room = ends[owner] - position  # characters left in this text from here on
+                owner = np.repeat(np.arange(len(pieces), dtype=np.int64), lengths)
+                room = np.repeat(ends, lengths) - np.arange(n, dtype=np.int64)  # characters left in its text
                 for index, k in enumerate(range(max(lo, 1), min(hi, n) + 1)):
                     keep = room[: n + 1 - k] >= k
                     parts[index] = parts[index][keep]

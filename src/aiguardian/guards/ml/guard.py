@@ -25,6 +25,7 @@ class ClassifierGuard:
 
     name: ClassVar[str]
     cpu_bound: ClassVar[bool] = True  # a long text goes to the pipeline's worker thread
+    deterministic: ClassVar[bool] = True  # same options and context, same verdict: the pipeline may reuse it
     task: ClassVar[TextClassifierTask]
     reason: ClassVar[str]
     finding: ClassVar[str]

@@ -30,7 +30,7 @@ import numpy.typing as npt
 from aiguardian.guards.base import Action, Finding, GuardContext, Verdict
 from aiguardian.guards.ml import LinearModel, read_labelled, segments, sigmoid, train_file
 from aiguardian.guards.ml.features import HashingFeaturizer, SparseRows, normalise
-from aiguardian.guards.ml.prefixed import PrefixedPattern
+from aiguardian.guards.prefixed import PrefixedPattern
 from aiguardian.guards.tasks import MODELS_DIR, Scorer
 
 TASK = "injection"
@@ -400,6 +400,7 @@ class InjectionGuard:
 
     name: ClassVar[str] = "injection"
     cpu_bound: ClassVar[bool] = True
+    deterministic: ClassVar[bool] = True  # same options and context, same verdict: the pipeline may reuse it
 
     def __init__(
         self,

@@ -62,6 +62,7 @@ class RefusalGuard:
 
     name: ClassVar[str] = "refusal"
     cpu_bound: ClassVar[bool] = False
+    deterministic: ClassVar[bool] = True  # same options and context, same verdict: the pipeline may reuse it
 
     def __init__(self, threshold: float = 0.5, action: str = "warn", window: int = 400) -> None:
         self.threshold = threshold

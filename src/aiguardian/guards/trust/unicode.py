@@ -139,6 +139,7 @@ class UnicodeGuard:
 
     name: ClassVar[str] = "unicode"
     cpu_bound: ClassVar[bool] = False
+    deterministic: ClassVar[bool] = True  # same options and context, same verdict: the pipeline may reuse it
 
     def __init__(
         self, threshold: float = 0.5, action: Literal["block", "warn"] = "block", confusables: bool = True

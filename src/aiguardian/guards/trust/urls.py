@@ -81,6 +81,7 @@ class UrlGuard:
 
     name: ClassVar[str] = "urls"
     cpu_bound: ClassVar[bool] = False
+    deterministic: ClassVar[bool] = True  # same options and context, same verdict: the pipeline may reuse it
 
     def __init__(
         self,

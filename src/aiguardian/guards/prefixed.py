@@ -115,23 +115,37 @@ class PrefixedPattern:
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
         self.ignorecase = bool(pattern.flags & re.IGNORECASE)
-        self.starts: list[Start] | None = None
+        self._read = False  # the pattern is read on first use: parsing costs about as much as compiling
+        self._starts: list[Start] | None = None
+        self.literals: list[str] = []
+        self.line_starts: list[str] = []
+
+    @property
+    def starts(self) -> list[Start] | None:
+        """Where a match can begin, or None when that is not known (every text goes to ``finditer``)."""
+        if not self._read:
+            self._starts = self._find_starts()
+            if self._starts is not None:
+                self.literals = [text for line, text in self._starts if not line]
+                self.line_starts = [text for line, text in self._starts if line]
+            self._read = True
+        return self._starts
+
+    def _find_starts(self) -> list[Start] | None:
         try:
-            parsed = _parser.parse(pattern.pattern, pattern.flags)
+            parsed = _parser.parse(self.pattern.pattern, self.pattern.flags)
             if parsed.getwidth()[0] == 0:  # could match the empty string: finditer's rules for that differ
                 raise _Open
-            heads, _ = _starts(parsed.data, bool(pattern.flags & re.MULTILINE))
+            heads, _ = _starts(parsed.data, bool(self.pattern.flags & re.MULTILINE))
         except _Open:
-            return
+            return None
         if any(not text and not line for line, text in heads):
-            return
+            return None
         if self.ignorecase:
             if any(not text.isascii() for _, text in heads):
-                return
+                return None
             heads = {(line, text.lower()) for line, text in heads}
-        self.starts = _minimal(heads)
-        self.literals = [text for line, text in self.starts if not line]
-        self.line_starts = [text for line, text in self.starts if line]
+        return _minimal(heads)
 
     def _searchable(self, text: str, lower: str) -> bool:
         if not self.ignorecase or text.isascii():
