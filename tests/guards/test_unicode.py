@@ -69,3 +69,23 @@ def test_options_warn_and_switching_confusables_off() -> None:
         UnicodeGuard(action="redact")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="threshold"):
         UnicodeGuard(threshold=2)
+
+
+def test_non_ascii_words_are_exactly_the_patterns_matches() -> None:
+    from pathlib import Path
+
+    import orjson
+
+    from aiguardian.guards.trust.unicode import _NON_ASCII_WORD, _non_ascii_words
+
+    shared = Path(__file__).resolve().parents[3] / "shared" / "eval"
+    texts = ["a" * 500 + "é", "é" + "a" * 300 + " x—y", "—", "ab—", "—ab", "aé—bé c", "日本語abc—def", "_é_"]
+    texts += ["x\u0301y", "😀a😀", "@user —Faints—.", "a—b—c", "ab_é—_x", "plain ascii", ""]
+    for task in ("injection", "toxicity", "pii"):
+        path = shared / task / "dev.jsonl"
+        if path.exists():
+            texts += [orjson.loads(line)["text"] for line in path.read_bytes().splitlines() if line.strip()]
+    for text in texts:
+        assert [m.span() for m in _non_ascii_words(text)] == [
+            m.span() for m in _NON_ASCII_WORD.finditer(text)
+        ]

@@ -55,6 +55,11 @@ def _batches(lines: Any) -> Any:
 def score(task: TaskArg) -> None:
     """Read JSON lines on stdin; write one JSON line per record on stdout, in the same order."""
     _check_task(task)
+    score_stdin(task)
+
+
+def score_stdin(task: str) -> None:
+    """``guards score TASK`` itself; ``aiguardian.cli.main`` calls it without typer's dispatch."""
     scorer = task_module(task).scorer()
     out = sys.stdout.buffer
     for batch in _batches(sys.stdin.buffer):

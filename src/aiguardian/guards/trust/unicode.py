@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import ClassVar, Literal
 
@@ -30,6 +31,7 @@ _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]+")
 _SELECTORS = re.compile("[\U000e0100-\U000e01ef]+")
 _ZERO_WIDTH = re.compile("[\u200b\u2060-\u2064\ufeff\u180e\u200c\u200d]+")
 _NON_ASCII_WORD = re.compile(r"\w*[^\x00-\x7f]\w*")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _BLACK_FLAG = "\U0001f3f4"
 _CANCEL_TAG = "\U000e007f"
 
@@ -108,10 +110,30 @@ def find(text: str) -> list[Finding]:
     return findings
 
 
+def _non_ascii_words(text: str) -> Iterator[re.Match[str]]:
+    """``_NON_ASCII_WORD.finditer(text)`` in linear time: the pattern alone retries every position of a long
+    ASCII word (quadratic). The leftmost match from ``pos`` begins where the run of word characters before
+    the first non-ASCII character at or after ``pos`` begins (not before ``pos``), and is the pattern's
+    match there."""
+    pos = 0
+    for found in _NON_ASCII.finditer(text):
+        char = found.start()
+        if char < pos:
+            continue
+        start = char
+        while start > pos and (text[start - 1].isalnum() or text[start - 1] == "_"):  # re's \w
+            start -= 1
+        match = _NON_ASCII_WORD.match(text, start) or _NON_ASCII_WORD.search(text, pos)
+        if match is None:  # cannot happen (text[start:char] are word characters): the pattern's answer
+            return
+        yield match
+        pos = match.end()
+
+
 def _confusables(text: str) -> list[Finding]:
     found: list[Finding] = []
     latin_words = sum(1 for w in text.split() if w.isascii() and w.isalpha())
-    for match in _NON_ASCII_WORD.finditer(text):
+    for match in _non_ascii_words(text):
         word = match.group()
         scripts = {_script(c) for c in word} - {""}
         if not scripts:
