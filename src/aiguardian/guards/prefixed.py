@@ -139,8 +139,8 @@ class PrefixedPattern:
             heads, _ = _starts(parsed.data, bool(self.pattern.flags & re.MULTILINE))
         except _Open:
             return None
-        if any(not text and not line for line, text in heads):
-            return None
+        if any(not line and (not text or (len(text) == 1 and text.isalpha())) for line, text in heads):
+            return None  # a match can begin anywhere, or at any of some letters: the pattern alone is faster
         if self.ignorecase:
             if any(not text.isascii() for _, text in heads):
                 return None

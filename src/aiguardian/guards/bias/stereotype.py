@@ -20,6 +20,7 @@ from aiguardian.guards.ml.classifier import TextClassifierTask
 from aiguardian.guards.ml.data import plain_sentences, read_labelled, train_file
 from aiguardian.guards.ml.features import HashingFeaturizer
 from aiguardian.guards.ml.guard import ClassifierGuard
+from aiguardian.guards.prefixed import PrefixedPattern
 
 GROUPS = (
     r"wom[ae]n|girls?|females?|ladies|lady|men|man|boys?|males?|guys|mothers?|moms?|wives|wife|husbands?|"
@@ -75,18 +76,21 @@ SIGNAL_NAMES: tuple[str, ...] = tuple(name for name, _ in _SIGNALS)
 
 
 _NEEDS_GROUP = frozenset({"generalisation", "because_group"})
+# The same matches as the patterns' finditer, tried only where one can begin (when that is known).
+_PREFIXED = tuple((name, PrefixedPattern(pattern)) for name, pattern in _SIGNALS)
 
 
 def signals(text: str) -> list[float]:
     """The hand-written signals of one text, each in [0, 1]. The patterns that need a group are skipped when
     the text names none."""
     head = text[:5000]
+    lower = head.lower()
     values: list[float] = []
-    for name, pattern in _SIGNALS:
+    for name, pattern in _PREFIXED:
         if name in _NEEDS_GROUP and not values[0]:
             values.append(0.0)
             continue
-        values.append(min(len(pattern.findall(head)), 3) / 3)
+        values.append(min(sum(1 for _ in pattern.finditer(head, lower)), 3) / 3)
     return values
 
 
