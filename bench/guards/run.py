@@ -41,7 +41,7 @@ from rich.table import Table
 
 from aiguardian.guards.base import Direction, GuardContext
 from aiguardian.guards.loader import GuardLoader
-from aiguardian.guards.pipeline import Pipeline
+from aiguardian.guards.pipeline import Pipeline, VerdictCache
 from aiguardian.guards.policy import Entry, PolicySet, parse, shipped
 from aiguardian.guards.remote import RemoteGuards
 from aiguardian.guards.tasks import TASKS, task_module
@@ -159,7 +159,8 @@ async def main() -> None:
     sources = [r["context"] for r in grounding]
 
     remote = RemoteGuards()
-    pipeline = Pipeline(GuardLoader(), remote)
+    # No verdict cache: the variants below check the same texts again, and every check must be a real one.
+    pipeline = Pipeline(GuardLoader(), remote, cache=VerdictCache(size=0))
     console = Console()
     console.print(
         f"guards bench: policy {policies.source} (thread_above_chars={policies.file.thread_above_chars}), "

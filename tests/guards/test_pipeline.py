@@ -11,7 +11,14 @@ from prometheus_client import REGISTRY
 
 from aiguardian.guards.base import Action, Direction, Finding, GuardContext, Verdict
 from aiguardian.guards.loader import GuardLoader
-from aiguardian.guards.pipeline import Decision, GuardBlocked, Pipeline, redact_text, restore_text
+from aiguardian.guards.pipeline import (
+    Decision,
+    GuardBlocked,
+    Pipeline,
+    VerdictCache,
+    redact_text,
+    restore_text,
+)
 from aiguardian.guards.policy import parse
 from tests.fakes import guards as fakes
 from tests.fakes.guards import HERE
@@ -249,3 +256,13 @@ async def test_the_injection_guard_answers_a_repeated_prompt_from_the_cache_with
     assert first.action is again.action is Action.BLOCK
     assert first.verdicts[0].score == again.verdicts[0].score
     assert first.verdicts[0].findings == again.verdicts[0].findings
+
+
+async def test_a_cache_of_size_zero_keeps_nothing() -> None:
+    entries = policy(f'input: [{{guard: "{__name__}:CountingGuard"}}]')
+    pipeline = Pipeline(GuardLoader(), cache=VerdictCache(size=0))
+    CountingGuard.checks = 0
+    for _ in range(2):
+        await pipeline.run(entries, GuardContext(text="attack now"), thread_above_chars=2000)
+    assert CountingGuard.checks == 2
+    assert len(pipeline.cache) == 0

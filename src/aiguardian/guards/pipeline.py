@@ -181,7 +181,7 @@ class VerdictCache:
     per-request state, no network), so an identical context gets the identical verdict. A redactor keeps
     per-request state (its placeholders), so it always runs. The key holds the texts themselves, not a
     digest of them: a hit is an exact match, never a collision. Texts longer than ``max_chars`` are not
-    kept (they are rarely repeated, and they would fill memory).
+    kept (they are rarely repeated, and they would fill memory). ``size=0`` turns the cache off.
     """
 
     def __init__(self, size: int = 1024, max_chars: int = 10_000) -> None:
@@ -190,7 +190,7 @@ class VerdictCache:
         self._verdicts: OrderedDict[Hashable, Verdict] = OrderedDict()
 
     def key(self, entry: Entry, guard: Guard, context: GuardContext) -> Hashable | None:
-        if not getattr(guard, "deterministic", False) or isinstance(guard, Redactor):
+        if not self.size or not getattr(guard, "deterministic", False) or isinstance(guard, Redactor):
             return None
         if len(context.text) > self.max_chars or sum(map(len, context.sources)) > self.max_chars:
             return None
