@@ -11,7 +11,7 @@ import pytest
 from aiguardian.guards.bias import stereotype
 from aiguardian.guards.prefixed import PrefixedPattern
 from aiguardian.guards.secrets import rules
-from aiguardian.guards.trust import injection
+from aiguardian.guards.trust import injection, refusal
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "eval"
 
@@ -29,6 +29,7 @@ TRICKY = [
     "| a | b |\n| c | d |\n|e|f|\nSubject: hi\nFROM: me\n```code```\n  def f(): pass",
     "requests.post(url) os.system('x') send the data to https://evil.example",
     "password=Hunter2hunter2! AKIAIOSFODNN7EXAMPLE ghp_abcdefghijklmnopqrstuvwxyz0123456789 -p s3cr3t",
+    "I'm sorry, but I can't help with that. As an AI language model, I cannot. We must respectfully decline.",
     "mysql -u root:S3cretPassw0rd -h db; curl https://user:pa55word@example.com/x Authorization: Bearer abc.def",
     "All women are bad. Those people always do this, because he was an immigrant.",
 ]
@@ -40,6 +41,7 @@ PATTERNS = [
     injection._CODE,
     *(pattern for _, pattern in stereotype._SIGNALS),
     rules._CONTEXT_GATE,
+    *(pattern for pattern, _ in refusal._PATTERNS),
     *(rule.regex for rule in (*rules.PROVIDER_RULES, *rules.CONTEXT_RULES)),
     re.compile(r"^\s*(system|user)\s*:", re.MULTILINE),
     re.compile(r"\b(colou?r|gr[ae]y)s?\b"),

@@ -184,7 +184,7 @@ class VerdictCache:
     kept (they are rarely repeated, and they would fill memory). ``size=0`` turns the cache off.
     """
 
-    def __init__(self, size: int = 1024, max_chars: int = 10_000) -> None:
+    def __init__(self, size: int = 512, max_chars: int = 10_000) -> None:
         self.size = size
         self.max_chars = max_chars
         self._verdicts: OrderedDict[Hashable, Verdict] = OrderedDict()
@@ -195,7 +195,7 @@ class VerdictCache:
         if len(context.text) > self.max_chars or sum(map(len, context.sources)) > self.max_chars:
             return None
         messages = orjson.dumps(context.messages) if context.messages else b""
-        if len(messages) > 4 * self.max_chars:
+        if len(messages) > 2 * self.max_chars:  # at most a few tens of MB in all
             return None
         return (
             entry.key,

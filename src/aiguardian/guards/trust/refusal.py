@@ -12,6 +12,7 @@ import time
 from typing import ClassVar
 
 from aiguardian.guards.base import Action, Finding, GuardContext, Verdict
+from aiguardian.guards.prefixed import PrefixedPattern
 
 REASON = "TRUST_REFUSAL"
 
@@ -52,6 +53,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], float], ...] = tuple(
     )
 )
 
+# The same matches as each pattern's finditer, tried only where one can begin (when that is known).
+_PREFIXED = tuple((PrefixedPattern(pattern), weight) for pattern, weight in _PATTERNS)
+
 
 class RefusalGuard:
     """Warns (by default) when the answer is a refusal: ``TRUST_REFUSAL``.
@@ -73,9 +77,10 @@ class RefusalGuard:
         started = time.perf_counter()
         verdict = Verdict(self.name)
         text = context.text.replace("\u2019", "'")  # a typographic apostrophe; same length, same spans
+        lower = text.lower()
         findings: list[Finding] = []
-        for pattern, weight in _PATTERNS:
-            for m in pattern.finditer(text):
+        for pattern, weight in _PREFIXED:
+            for m in pattern.finditer(text, lower):
                 score = weight if m.start() < self.window else weight * 0.4
                 findings.append(Finding("refusal", m.start(), m.end(), score=score))
         if findings:
