@@ -175,3 +175,11 @@ def test_documents_hashed_together_get_the_rows_each_gets_alone() -> None:
             assert np.array_equal(got.indptr, want.indptr)
             assert np.array_equal(got.indices, want.indices)  # the same order: a float32 sum depends on it
             assert np.array_equal(got.data, want.data)
+
+
+def test_texts_normalised_together_come_out_as_each_does_alone() -> None:
+    from aiguardian.guards.ml.features import normalise, normalise_all
+
+    texts = [*TEXTS, "ΑΣ", "Σ", "aΣ b", "x\u0301", "\u0301y", "  a  ", " ", "İ", "with a NUL \x00 inside"]
+    assert normalise_all(texts) == [normalise(text) for text in texts]
+    assert normalise_all(texts[:-1]) == [normalise(text) for text in texts[:-1]]

@@ -93,6 +93,19 @@ def normalise(text: str) -> str:
     return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
 
 
+def normalise_all(texts: Sequence[str]) -> list[str]:
+    """``[normalise(text) for text in texts]`` with each step run once over all of them, joined by NUL: a
+    character that NFKC never combines or maps, that ends no lower-casing context (final sigma) and that is
+    not white space, so each text comes out exactly as it would alone."""
+    if len(texts) < 2:
+        return [normalise(text) for text in texts]
+    joined = "\x00".join(texts)
+    if joined.count("\x00") != len(texts) - 1:  # a text has NUL characters of its own
+        return [normalise(text) for text in texts]
+    done = _SPACE.sub(" ", unicodedata.normalize("NFKC", joined).lower())
+    return [piece.strip() for piece in done.split("\x00")]
+
+
 @dataclass(frozen=True)
 class SparseRows:
     """Rows of a sparse matrix in CSR form; ``scipy.sparse.csr_matrix((data, indices, indptr))`` reads it."""
@@ -176,7 +189,7 @@ class HashingFeaturizer:
         The texts are normalised, padded with a space each and hashed in one pass; n-grams that would reach
         from one text into the next are dropped, so each text gets exactly the n-grams it gets alone.
         """
-        pieces = [" " + normalise(t) + " " for t in texts]
+        pieces = [" " + piece + " " for piece in normalise_all(texts)]
         lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
         ends = np.cumsum(lengths)
         codes = np.frombuffer("".join(pieces).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)

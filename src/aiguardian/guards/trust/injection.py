@@ -185,31 +185,33 @@ def signals(text: str, spans: Sequence[tuple[int, int]] = ()) -> tuple[list[floa
     words = set(_WORDS.findall(lower))
     starts = [start for start, _ in spans]
     n = len(SIGNAL_NAMES)
-    whole = np.zeros(n, dtype=np.float64)
-    per = np.zeros((len(spans), n), dtype=np.float64)
+    k = len(_SIGNALS)
+    # Plain lists, one array at the end: a text has a handful of segments, and numpy's per-call cost on such
+    # small arrays was a good part of this function's time.
+    whole = [0.0] * n
+    per = [[0.0] * n for _ in spans]
     for column, signal in enumerate(_SIGNALS):
         if signal.anchors.isdisjoint(words) and not any(lit in lower for lit in signal.literals):
             continue
         for match in signal.prefixed.finditer(head, lower):
             whole[column] += 1
             if spans:
-                per[max(bisect.bisect_right(starts, match.start()) - 1, 0), column] += 1
-    k = len(_SIGNALS)
-    np.minimum(whole[:k], 3, out=whole[:k])
-    np.minimum(per[:, :k], 3, out=per[:, :k])
-    whole[:k] /= 3
-    per[:, :k] /= 3
+                per[max(bisect.bisect_right(starts, match.start()) - 1, 0)][column] += 1
+        whole[column] = min(whole[column], 3) / 3  # at most 3 matches count
+        for row in per:
+            row[column] = min(row[column], 3) / 3
     rows = _TABLE_ROW.findall(head) if "|" in head else []
     document = len(rows) >= 3 or bool(_HEADER_AT.search(head, lower)) or bool(_CODE_AT.search(head, lower))
-    whole[k] = per[:, k] = 1.0 if document else 0.0
+    whole[k] = 1.0 if document else 0.0
     whole[k + 1] = 1.0 if rows else 0.0
-    for i, (start, end) in enumerate(spans):
+    for row, (start, end) in zip(per, spans, strict=True):
         piece = text[start:end].strip()
-        per[i, k + 1] = 1.0 if len(piece) > 1 and piece[0] == "|" and piece[-1] == "|" else 0.0
-        per[i, k + 2] = min((end - start) / 4000, 1.0)
+        row[k] = whole[k]
+        row[k + 1] = 1.0 if len(piece) > 1 and piece[0] == "|" and piece[-1] == "|" else 0.0
+        row[k + 2] = min((end - start) / 4000, 1.0)
     whole[k + 2] = min(len(text) / 4000, 1.0)
     whole[k + 3] = min(text.count("\n") / 40, 1.0)
-    return whole.tolist(), per
+    return whole, np.array(per, dtype=np.float64).reshape(len(spans), n)
 
 
 @dataclass
