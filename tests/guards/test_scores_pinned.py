@@ -3,7 +3,8 @@ and the injection and bias guards are pinned, so a faster featurizer or scorer c
 
 ``pinned_scores.json`` holds, for a few texts: a digest of every featurizer configuration's buckets (model-free),
 each shipped ``.aigml`` model's n-gram margin, and the injection and bias guards' scores. A model's pins are
-keyed by its file's SHA-256: a retrained model skips them (regenerate the pins with the retrain).
+keyed by its file's SHA-256: a retrained model skips them until they are pinned again, with the retrain:
+``.venv/bin/python tests/guards/test_scores_pinned.py``.
 """
 
 from __future__ import annotations
@@ -186,3 +187,21 @@ def test_batch_scoring_gives_each_record_its_own_pinned_score(name: str, pins: d
     records = [{"id": str(i), "text": t} for i, t in enumerate(TEXTS)]
     got = [r["score"] for r in module.scorer()(records)]
     assert got == [round(scores[0] if name == "injection" else scores[2], 6) for scores in want["scores"]]
+
+
+def regenerate() -> None:
+    """Pin the models that were retrained (their file digests changed); the featurizer pins never change."""
+    pins = json.loads(PINS.read_text())
+    for filename, pin in model_pins().items():
+        if pins["models"].get(filename, {}).get("sha256") != pin["sha256"]:
+            pins["models"][filename] = pin
+            print(f"re-pinned {filename}")
+    for name, pin in guard_pins().items():
+        if pins["guards"].get(name, {}).get("sha256") != pin["sha256"]:
+            pins["guards"][name] = pin
+            print(f"re-pinned the {name} guard")
+    PINS.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":  # after a deliberate retrain: .venv/bin/python tests/guards/test_scores_pinned.py
+    regenerate()
