@@ -133,26 +133,35 @@ def _non_ascii_words(text: str) -> Iterator[re.Match[str]]:
 def _confusables(text: str) -> list[Finding]:
     found: list[Finding] = []
     latin_words = sum(1 for w in text.split() if w.isascii() and w.isalpha())
+    judged: dict[str, str | None] = {}  # a word repeated through a text is judged once
     for match in _non_ascii_words(text):
         word = match.group()
-        scripts = {_script(c) for c in word} - {""}
-        if not scripts:
-            continue
-        detail = None
-        if any(s in _STYLED for s in scripts):
-            detail = "styled letters"
-        elif len(scripts & _LOOKALIKE_SCRIPTS) >= 2:
-            detail = "mixed scripts: " + ", ".join(sorted(scripts))
-        elif (
-            scripts <= {"CYRILLIC", "GREEK"}
-            and len(word) >= 3
-            and latin_words >= 3
-            and all(c in _LATIN_LOOKALIKES for c in word if c.isalpha())
-        ):
-            detail = "look-alike letters"
+        if word in judged:
+            detail = judged[word]
+        else:
+            detail = judged[word] = _confusable(word, latin_words)
         if detail:
             found.append(Finding("confusable", *match.span(), _SCORE_CONFUSABLE, detail))
     return found
+
+
+def _confusable(word: str, latin_words: int) -> str | None:
+    """Why a word with non-ASCII letters looks like a disguise, or None."""
+    scripts = {_script(c) for c in set(word)} - {""}
+    if not scripts:
+        return None
+    if any(s in _STYLED for s in scripts):
+        return "styled letters"
+    if len(scripts & _LOOKALIKE_SCRIPTS) >= 2:
+        return "mixed scripts: " + ", ".join(sorted(scripts))
+    if (
+        scripts <= {"CYRILLIC", "GREEK"}
+        and len(word) >= 3
+        and latin_words >= 3
+        and all(c in _LATIN_LOOKALIKES for c in word if c.isalpha())
+    ):
+        return "look-alike letters"
+    return None
 
 
 class UnicodeGuard:
