@@ -409,6 +409,8 @@ _LONG_RULES = (*PROVIDER_RULES, *(r for r in CONTEXT_RULES if r.name in ("keyed_
 _KEYWORD_RULES = tuple(r for r in CONTEXT_RULES if r.name not in ("keyed_token", "high_entropy"))
 # Each pattern is tried only where one of its matches can begin (the same matches as finditer, found faster).
 _GATE = PrefixedPattern(_CONTEXT_GATE)
+_HINT_SETS = {name: frozenset(hints) for name, hints in _HINTS.items()}
+_ALL_HINTS = sorted({hint for hints in _HINTS.values() for hint in hints})
 _LONG = tuple((rule, PrefixedPattern(rule.regex)) for rule in _LONG_RULES)
 _KEYWORDS = tuple((rule, PrefixedPattern(rule.regex)) for rule in _KEYWORD_RULES)
 
@@ -422,10 +424,14 @@ def scan(text: str) -> list[Hit]:
     if _GATE.search(text, lower):
         rules += _KEYWORDS
     hits: list[Hit] = []
+    present: set[str] | None = None  # the hints the text has, looked for once
     for rule, pattern in rules:
-        hints = _HINTS.get(rule.name)
-        if hints is not None and not any(h in lower for h in hints):
-            continue
+        hints = _HINT_SETS.get(rule.name)
+        if hints is not None:
+            if present is None:
+                present = {hint for hint in _ALL_HINTS if hint in lower}
+            if hints.isdisjoint(present):
+                continue
         for m in pattern.finditer(text, lower):
             group = "secret" if "secret" in rule.regex.groupindex else 0
             value = m.group(group)
