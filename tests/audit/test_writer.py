@@ -91,3 +91,30 @@ async def test_shutdown_with_the_database_down_spools_and_next_start_writes(sett
         assert (await verify(db)).ok
     finally:
         await db.close()
+
+
+async def test_a_batch_mixing_rows_with_and_without_optional_fields_is_written_in_order(
+    settings: Settings,
+) -> None:
+    """One batch holds rows that set action/target/guards and rows that do not: all are written, in order,
+    the unset ones stored as SQL NULL, and the chain verifies."""
+    db = Database(settings)
+    await migrate.upgrade(db)
+    writer = make_writer(db, settings.data_dir / "spool.jsonl")
+    try:
+        for n in range(6):
+            row = entry(n)
+            if n % 2:
+                row.action, row.target = "post.create", f"post-{n}"
+                row.guards = [{"guard": "pii", "direction": "input", "action": "redact", "score": 1.0}]
+            writer.submit(row)
+        assert await writer.flush_once()
+        assert await stored_trace_ids(db) == [f"trace-{n}" for n in range(6)]
+        async with db.session() as session:
+            unset = await session.scalar(
+                select(func.count()).select_from(AuditRecord).where(AuditRecord.guards.is_(None))
+            )
+        assert unset == 3
+        assert (await verify(db)).ok
+    finally:
+        await db.close()

@@ -28,6 +28,6 @@ class AuditRecord(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     action: Mapped[str | None] = mapped_column(String(64), index=True)
     target: Mapped[str | None] = mapped_column(String(128))
-    guards: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    guards: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))

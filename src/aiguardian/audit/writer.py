@@ -60,6 +60,8 @@ class AuditWriter(BatchWriter[AuditEntry]):
                         **entry.hashed_fields(),
                         "action": entry.action,
                         "target": entry.target,
+                        # Every row names every column: one executemany takes one shape of parameters.
+                        "guards": entry.guards,
                         "created_at": entry.created_at,
                         "reason_codes": orjson.dumps(entry.reason_codes).decode(),
                         "prev_hash": prev,
@@ -67,9 +69,8 @@ class AuditWriter(BatchWriter[AuditEntry]):
                     }
                 )
                 prev = digest
-            await session.execute(
-                _INSERT, rows
-            )  # through the table: the ORM's bulk insert costs twice the CPU
+            # Through the table: the ORM's bulk insert costs twice the CPU.
+            await session.execute(_INSERT, rows)
         # After the commit. Publishing never raises (the bus logs its failures): a retry would write twice.
         if self.bus is not None:
             appended = events.AuditAppended(
