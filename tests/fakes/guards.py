@@ -118,3 +118,23 @@ class EmailMask:
         for placeholder, value in state.get("email_mask", {}).items():
             text = text.replace(placeholder, value)
         return text
+
+
+class SlowToLoadGuard:
+    """Reads a "model" on its first check, which takes ``load_seconds``; later checks are instant. Counts
+    its loads across instances (``LOADS``), as a model shared by the process would be read once."""
+
+    name: ClassVar[str] = "slow_to_load"
+    cpu_bound: ClassVar[bool] = False
+    LOADS: ClassVar[list[float]] = []
+
+    def __init__(self, load_seconds: float = 0.5) -> None:
+        self.load_seconds = load_seconds
+        self.loaded = False
+
+    def check(self, context: GuardContext) -> Verdict:
+        if not self.loaded:
+            threading.Event().wait(self.load_seconds)
+            self.loaded = True
+            SlowToLoadGuard.LOADS.append(self.load_seconds)
+        return Verdict(self.name)

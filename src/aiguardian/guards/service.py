@@ -68,6 +68,34 @@ def _build_all(policies: PolicySet, have: dict[str, Guard]) -> dict[str, Guard]:
     return built
 
 
+# Names, an address, a link and a source: enough for every shipped guard to read its model.
+_WARM_UP_TEXT = "Warm-up: Jane Doe (jane.doe@example.com) asked about https://example.com/docs today."
+
+
+def _warm_up(policies: PolicySet, have: dict[str, Guard]) -> dict[str, Guard]:
+    """Build the policies' local guards and let each check a short text once. Guards read their models on
+    first use; done here, in the background at start, that first read is not charged to the first request's
+    guard timeout (a busy machine took over a second to load them all, and the request failed closed).
+    A guard that cannot be built is left for the pipeline, which reports it as it always does."""
+    built: dict[str, Guard] = {}
+    for entry in policies.entries():
+        if entry.remote is not None or entry.key in have or entry.key in built:
+            continue
+        with contextlib.suppress(GuardLoadError):
+            built[entry.key] = build(entry.target, entry.options)
+    for guard in (*have.values(), *built.values()):
+        context = GuardContext(
+            text=_WARM_UP_TEXT,
+            messages=[{"role": "user", "content": _WARM_UP_TEXT}],
+            sources=["Jane Doe wrote the docs at https://example.com/docs."],
+        )
+        try:
+            guard.check(context)
+        except Exception as exc:  # the pipeline meets the same failure on a real text and reports it there
+            log.warning("guard warm-up failed", guard=guard.name, error=type(exc).__name__)
+    return built
+
+
 class GuardService:
     def __init__(self, settings: Settings, bus: EventBus) -> None:
         self.settings = settings
@@ -82,6 +110,7 @@ class GuardService:
         self._reload_lock = asyncio.Lock()
         self._stamp: tuple[int, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._warming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Read the policy (a broken file stops the start: PolicyError). Guards are built on first use."""
@@ -93,8 +122,27 @@ class GuardService:
         if self.path is not None and interval > 0:
             self._watcher = asyncio.get_running_loop().create_task(self._watch(interval), name="guard-policy")
         log.info("guard policy in force", source=self.policies.source, digest=self.policies.digest)
+        self._warming = asyncio.get_running_loop().create_task(self._warm(), name="guards-warm-up")
+
+    async def _warm(self) -> None:
+        try:
+            self.loader.adopt(await anyio.to_thread.run_sync(_warm_up, self.policies, self.loader.loaded()))
+        except Exception:
+            log.exception("guard warm-up failed")
+
+    async def _warmed(self) -> None:
+        """Wait for the warm-up, if it is still running: a model being read is not a guard being slow."""
+        warming = self._warming
+        if warming is not None:
+            if not warming.done():
+                await asyncio.shield(warming)
+            self._warming = None
 
     async def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warming
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -178,6 +226,7 @@ class GuardService:
         self, policy: ResolvedPolicy, direction: Direction, context: GuardContext, *, count: bool = True
     ) -> Decision:
         context.direction = direction
+        await self._warmed()
         return await self.pipeline.run(
             policy.entries(direction),
             context,
@@ -190,6 +239,7 @@ class GuardService:
         target = self.policies.names().get(name)
         if target is None:
             raise NotFound(f"there is no guard named {name!r}")
+        await self._warmed()
         fingerprint = orjson.dumps(options, option=orjson.OPT_SORT_KEYS).decode()
         entry = Entry(
             name, target, options, False, DEFAULT_TIMEOUT_MS / 1000, None, "always", f"{target}|{fingerprint}"
