@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -150,6 +151,35 @@ async def test_a_warning_guard_lets_the_answer_through_with_a_header(gateway: Ga
     stream_headers, text = await streamed_text(gateway, "please answer")
     assert stream_headers["x-aig-guard-warnings"] == "polite:POLITE"
     assert text.strip() == "fake reply to: please answer"
+
+
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {"name": "send_note", "parameters": {"type": "object", "properties": {}}},
+    }
+]
+
+
+async def test_a_leak_through_tool_call_arguments_is_blocked(
+    gateway: GatewayApp, upstream: OpenAIUpstream
+) -> None:
+    """The answer has no text, only a tool call whose arguments carry what the output guard looks for."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        await ask(gateway, "file the top secret code", tools=TOOLS)
+    assert caught.value.code == "LEAK"
+    assert len(upstream.calls()) == 1
+
+
+async def test_redacted_values_are_restored_in_tool_call_arguments(
+    gateway: GatewayApp, upstream: OpenAIUpstream
+) -> None:
+    raw = await ask(gateway, 'note for ann@example.com: say "hi"', tools=TOOLS)
+    assert upstream.last.body is not None
+    assert "ann@example.com" not in orjson.dumps(upstream.last.body).decode()
+    (call,) = raw.parse().choices[0].message.tool_calls
+    # The upstream echoed a placeholder; the caller gets its own value back, inside valid JSON.
+    assert orjson.loads(call.function.arguments) == {"echo": 'note for ann@example.com: say "hi"'}
 
 
 async def test_a_blocked_answer_is_an_error_and_is_still_paid_for(

@@ -19,6 +19,7 @@ events is restored whole: placeholders must be shorter than 64 characters and co
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -121,6 +122,41 @@ def redact_messages(
     return out
 
 
+def _tool_functions(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``function`` objects of a message's tool calls that carry their arguments as text."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return []
+    functions = (call.get("function") for call in calls if isinstance(call, dict))
+    return [f for f in functions if isinstance(f, dict) and isinstance(f.get("arguments"), str)]
+
+
+def _rewrite_arguments(arguments: str, rewrite: Callable[[str], str]) -> str:
+    """Rewrite the strings inside a tool call's JSON arguments (so a restored value with a quote in it is
+    escaped, and the arguments stay valid JSON); arguments that are not JSON are rewritten as text."""
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return rewrite(arguments)
+
+    changed = False
+
+    def walk(value: Any) -> Any:
+        nonlocal changed
+        if isinstance(value, str):
+            new = rewrite(value)
+            changed = changed or new != value
+            return new
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        return value
+
+    rewritten = walk(parsed)
+    return orjson.dumps(rewritten).decode() if changed else arguments  # untouched: byte for byte
+
+
 def record(request: Request, direction: Direction, verdicts: list[Verdict]) -> None:
     """Add verdicts to the request's audit row (``guards``), as summaries without text."""
     kept = getattr(request.state, "guard_verdicts", None)
@@ -212,13 +248,16 @@ class ChatGuard:
         )
 
     async def check_answer(self, body: dict[str, Any] | None) -> None:
-        """Run the output guards on a whole answer; block, or put the caller's values back in place."""
+        """Run the output guards on a whole answer (its text and its tool calls' arguments: a secret can
+        leave through either); block, or put the caller's values back in place in both."""
         messages = [
             choice["message"]
             for choice in (body or {}).get("choices") or []
             if isinstance(choice, dict) and isinstance(choice.get("message"), dict)
         ]
+        calls = [function for message in messages for function in _tool_functions(message)]
         texts = [m["content"] for m in messages if isinstance(m.get("content"), str)]
+        texts += [function["arguments"] for function in calls]
         text = "\n\n".join(t for t in texts if t)
         if text and self.policy.output:
             decision = await self.service.run(self.policy, Direction.OUTPUT, self._output_context(text))
@@ -229,11 +268,17 @@ class ChatGuard:
         if not self.redactors and not masking:
             return
         own: dict[str, Any] = {}  # output placeholders are not the caller's: never restored
+
+        def rewrite(value: str) -> str:
+            restored = restore_text(value, self.redactors, self.state)
+            return redact_text(restored, masking, own) if masking else restored
+
         for message in messages:
             content = message.get("content")
             if isinstance(content, str):
-                restored = restore_text(content, self.redactors, self.state)
-                message["content"] = redact_text(restored, masking, own) if masking else restored
+                message["content"] = rewrite(content)
+        for function in calls:
+            function["arguments"] = _rewrite_arguments(function["arguments"], rewrite)
 
     def stream(self) -> StreamScreen:
         return StreamScreen(self)
