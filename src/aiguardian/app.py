@@ -14,6 +14,7 @@ from aiguardian.audit import service as audit_service
 from aiguardian.audit.routes import router as audit_router
 from aiguardian.audit.writer import AuditWriter
 from aiguardian.content.routes import router as posts_router
+from aiguardian.conversations.chat import Summaries
 from aiguardian.conversations.routes import chat_router as conversation_chat_router
 from aiguardian.conversations.routes import router as conversations_router
 from aiguardian.core import events, metrics, migrate
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         usage = UsageService(settings, db, bus)
         await usage.start()
         app.state.usage = usage
+        summaries = app.state.conversation_summaries = Summaries()
         guards = GuardService(settings, bus)
         await guards.start()
         app.state.guards = guards
@@ -154,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             metrics.LIVE.sources.pop(gauge_key, None)
+            await summaries.close()  # before the usage service: each cancelled summary settles its usage
             await writer.close()
             await deployments.close()
             await guards.close()

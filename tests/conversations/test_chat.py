@@ -134,8 +134,14 @@ async def test_chat_streams_deltas_then_a_done_event_with_the_stored_message(
         assert kinds[-1] == "done"
         assert set(kinds[:-1]) == {"delta"}
         assert len(kinds) > 2
-        assert "".join(d["content"] for d in datas[:-1]) == "fake reply to: Hello there"
+        streamed = "".join(d["content"] for d in datas[:-1])
+        # The upstream's own stream, passed on (the fake streams word by word, each with a space after it).
+        assert streamed.strip() == "fake reply to: Hello there"
         done = datas[-1]
+        assert done["message"]["content"] == streamed  # what was stored is what was streamed
+        (call,) = upstream.calls()
+        assert call.body is not None
+        assert call.body.get("stream") is True
         got = await client.get(f"/api/v1/conversations/{done['conversation_id']}", headers=member.headers)
         assert got.json()["data"]["messages"]["items"][-1]["id"] == done["message"]["id"]
 
@@ -271,9 +277,10 @@ async def test_chat_over_the_websocket_streams_deltas_then_done(
         assert {f["type"] for f in frames[:-1]} == {"chat.delta"}
         assert len(frames) > 2
         assert all(f["id"] == 3 for f in frames)
-        assert "".join(f["content"] for f in frames[:-1]) == "fake reply to: Hello over the socket"
+        streamed = "".join(f["content"] for f in frames[:-1])
+        assert streamed.strip() == "fake reply to: Hello over the socket"
         done = frames[-1]["data"]
-        assert done["message"]["content"] == "fake reply to: Hello over the socket"
+        assert done["message"]["content"] == streamed  # what was stored is what was streamed
 
         leaked = "my key AKIAIOSFODNN7EXAMPLE and secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
         body = {"type": "chat", "id": 4, "message": leaked, "conversation_id": done["conversation_id"]}

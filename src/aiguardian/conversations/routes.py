@@ -3,9 +3,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
+import anyio
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from aiguardian.conversations import chat, service
 from aiguardian.conversations.schemas import (
@@ -23,8 +24,11 @@ from aiguardian.conversations.schemas import (
 )
 from aiguardian.conversations.service import Viewer
 from aiguardian.core.envelope import Envelope, ok
+from aiguardian.core.errors import AIGError
 from aiguardian.core.http import RequestId, audit
 from aiguardian.core.runtime import RuntimeDep
+from aiguardian.gateway.routes import SettlingStreamingResponse
+from aiguardian.guards.pipeline import GuardBlocked
 from aiguardian.identity.auth import Reader, Writer, check_model, require_scope
 from aiguardian.identity.service import Principal
 
@@ -189,15 +193,35 @@ async def chat_turn(
 ) -> Envelope[ChatOut] | Response:
     if body.model is not None:
         check_model(principal, body.model)
-    result = await chat.chat(chat.Pipeline.of(request, runtime), request, principal, body)
-    audit(request, "conversation.chat", result.conversation_id)
-    out = chat.chat_out(result)
+    pipeline = chat.Pipeline.of(request, runtime)
     if not body.stream:
-        return ok(out, request_id)
+        result = await chat.chat(pipeline, request, principal, body)
+        audit(request, "conversation.chat", result.conversation_id)
+        return ok(chat.chat_out(result), request_id)
+
+    # What refuses the turn before its first token (404, drift block, input guards, budget) is an ordinary
+    # error answer; after that, the upstream's tokens are passed on as they arrive.
+    turn = await chat.start_stream(pipeline, request, principal, body)
+    audit(request, "conversation.chat", turn.conversation_id)
 
     async def events() -> AsyncIterator[bytes]:
-        for piece in chat.deltas(result.message.content):
-            yield _sse("delta", {"conversation_id": result.conversation_id, "content": piece})
-        yield _sse("done", out.model_dump(mode="json"))
+        try:
+            async for frame in turn.frames():
+                if frame["type"] == "chat.delta":
+                    yield _sse(
+                        "delta", {"conversation_id": frame["conversation_id"], "content": frame["content"]}
+                    )
+                else:
+                    yield _sse("done", frame["data"])
+        except GuardBlocked as blocked:
+            request.state.reason_codes = blocked.reason_codes
+            yield _sse("error", blocked.openai_body(request.state.request_id)["error"])
+        except AIGError as error:
+            yield _sse("error", {"code": error.reason_code.value, "message": error.message})
+        finally:
+            with anyio.CancelScope(shield=True):
+                await turn.aclose()
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return SettlingStreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}, on_close=turn.aclose
+    )

@@ -15,6 +15,7 @@ A policy file is YAML::
             timeout_ms: 50
         output: [secrets]
         stream: [secrets]            # omitted: the output guards
+        history_tokens: 4000         # conversations: at most this much history per turn (omitted: none)
       strict:
         input: [injection, toxicity] # output and stream: those of `default`
     assign:                          # first match wins; no match: `default`
@@ -105,6 +106,13 @@ class Policy(BaseModel):
     stream_window: int = Field(
         2000, ge=1, le=1_000_000, description="The last this many characters are what a stream check sees."
     )
+    history_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=100_000_000,
+        description="Conversations: the most tokens of history sent upstream with a turn, within the model's "
+        "context window. Left out: the default policy's (none: the window alone).",
+    )
 
 
 class Assignment(BaseModel):
@@ -151,7 +159,7 @@ class PolicyFile(BaseModel):
         if isinstance(value, dict) and "policies" not in value:
             own = {
                 k: value[k]
-                for k in ("input", "output", "stream", "stream_every", "stream_window")
+                for k in ("input", "output", "stream", "stream_every", "stream_window", "history_tokens")
                 if k in value
             }
             if own:
@@ -192,6 +200,7 @@ class ResolvedPolicy:
     stream: tuple[Entry, ...]
     stream_every: int
     stream_window: int
+    history_tokens: int | None = None
 
     def entries(self, direction: Direction) -> tuple[Entry, ...]:
         if direction is Direction.INPUT:
@@ -340,6 +349,9 @@ def resolve(file: PolicyFile, source: str, digest: str) -> PolicySet:
             stream=_entries(stream_specs, names, f"{where}.stream"),
             stream_every=policy.stream_every,
             stream_window=policy.stream_window,
+            history_tokens=policy.history_tokens
+            if policy.history_tokens is not None
+            else default.history_tokens,
         )
     for index, rule in enumerate(file.assign):
         if rule.policy not in resolved:
