@@ -52,7 +52,7 @@ async def upstream() -> AsyncIterator[OpenAIUpstream]:
 
 @asynccontextmanager
 async def chat_app(
-    tmp_path: Path, backend: str, pg_url: str | None, upstream: OpenAIUpstream
+    tmp_path: Path, backend: str, pg_url: str | None, upstream: OpenAIUpstream, policy_text: str = POLICY
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     if backend == "postgres":
         assert pg_url is not None
@@ -67,7 +67,7 @@ async def chat_app(
         "context_window": WINDOW,
     }
     policy = tmp_path / "guards.yaml"
-    policy.write_text(POLICY, encoding="utf-8")
+    policy.write_text(policy_text, encoding="utf-8")
     settings = make_settings(
         tmp_path, backend, pg_url, deployments=[spec], gateway_max_retries=0, guards_policy_file=policy
     )
@@ -290,3 +290,66 @@ async def test_chat_over_the_websocket_streams_deltas_then_done(
         assert refused["id"] == 4
         assert refused["code"] == refused["reason_codes"][0]
         await ws.close()
+
+
+STREAM_GUARD_POLICY = """
+policies:
+  default:
+    input: [messages]
+    output: []
+    stream:
+      - {guard: "tests.fakes.guards:KeywordGuard", words: ["top secret"], code: LEAK}
+    stream_every: 8
+    stream_window: 100
+"""
+
+
+async def test_a_stream_a_guard_stops_midway_ends_with_an_error_and_stores_nothing(
+    tmp_path: Path, backend: str, pg_url: str | None, upstream: OpenAIUpstream
+) -> None:
+    async with chat_app(tmp_path, backend, pg_url, upstream, STREAM_GUARD_POLICY) as (app, client):
+        member = await make_account(app)
+        response = await client.post(
+            "/api/v1/chat",
+            headers=member.headers,
+            json={"model": MODEL, "message": "tell me the top secret plan in many words", "stream": True},
+        )
+        frames = [f for f in response.text.split("\n\n") if f]
+        kinds = [f.split("\n")[0].removeprefix("event: ") for f in frames]
+        datas = [orjson.loads(f.split("\n")[1].removeprefix("data: ")) for f in frames]
+        assert kinds[0] == "delta"  # it was streaming when the guard stopped it
+        assert kinds[-1] == "error"
+        assert "done" not in kinds
+        assert datas[-1]["code"] == "LEAK"
+        passed = "".join(d["content"] for d in datas[:-1])
+        assert "top secret plan" not in passed
+        conversation_id = datas[0]["conversation_id"]
+        stored = await client.get(f"/api/v1/conversations/{conversation_id}", headers=member.headers)
+        assert stored.json()["data"]["messages"]["items"] == []  # a stopped turn leaves nothing stored
+        await app.state.usage.ledger.flush()
+        (row,) = await ledger(app)
+        assert row.status == "blocked"
+        assert row.completion_tokens > 0  # the streamed tokens are paid for
+
+
+async def test_the_policys_history_tokens_caps_the_history_and_the_saved_tokens_are_counted(
+    tmp_path: Path, backend: str, pg_url: str | None, upstream: OpenAIUpstream
+) -> None:
+    capped = POLICY.replace("  default:\n", "  default:\n    history_tokens: 60\n")
+    async with chat_app(tmp_path, backend, pg_url, upstream, capped) as (app, client):
+        member = await make_account(app)
+        conversation_id, saved = None, 0
+        for n in range(6):
+            turn = await _chat(
+                client,
+                member.headers,
+                message=f"Question number {n}: tell me something about the number {n} please",
+                **({"conversation_id": conversation_id} if conversation_id else {}),
+            )
+            conversation_id = turn["conversation_id"]
+            assert turn["usage"]["history_budget"] == 60
+            assert turn["usage"]["history_tokens"] <= 60  # the window (400) alone would allow far more
+            saved += turn["usage"]["saved_tokens"]
+        assert saved > 0
+        await app.state.usage.ledger.flush()
+        assert sum(r.saved_tokens for r in await ledger(app)) == saved
