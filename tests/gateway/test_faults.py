@@ -333,6 +333,30 @@ async def test_a_half_open_probe_abandoned_by_its_client_does_not_shut_the_deplo
 
 
 @pytest.mark.slow
+def test_a_conversation_turn_streams_as_the_upstream_sends_and_a_client_leaving_cancels_it(
+    served: Served,
+) -> None:
+    """POST /api/v1/chat with stream: true passes the upstream's tokens on as they come: the first delta
+    arrives while the upstream (one event every 0.1 s, for up to 30 s) is still sending, and a client that
+    leaves then cancels the upstream request."""
+    served.upstream.script("slow:0.1")
+    headers = {"Authorization": f"Bearer {served.key}"}
+    with httpx.Client(base_url=served.base_url, timeout=10) as http:
+        body = {"model": MODEL, "message": "hello there", "stream": True}
+        with http.stream("POST", "/api/v1/chat", json=body, headers=headers) as response:
+            assert response.status_code == 200
+            first = next(response.iter_raw())
+            assert first.startswith(b"event: delta\n")
+            assert not served.upstream.disconnected.is_set()  # the upstream is still streaming
+        assert served.upstream.disconnected.wait(5), "the upstream request outlived its client"
+        # Nothing of the unfinished turn was stored.
+        listed = http.get("/api/v1/conversations", headers=headers).json()["data"]["items"]
+        (conversation,) = [c for c in listed if c["title"].startswith("hello there")]
+        got = http.get(f"/api/v1/conversations/{conversation['id']}", headers=headers).json()
+        assert got["data"]["messages"]["items"] == []
+
+
+@pytest.mark.slow
 def test_a_client_disconnecting_from_a_slow_stream_cancels_the_upstream_request(served: Served) -> None:
     served.upstream.script("slow:0.1")
     body = {"model": MODEL, "messages": HELLO, "stream": True}
